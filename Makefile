@@ -1,0 +1,41 @@
+# One task runner: CI runs `make test` (through .ci/run), users run `make run`.
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test unit lint typecheck proto proto-check bench clean env
+
+env:
+	@bash scripts/bootstrap.sh
+
+## run: the main job on embedded defaults (local broker, Triton, Flink MiniCluster, GSS)
+run: env
+	$(BIN)/gss run
+
+## test: everything CI checks: generated code drift, ruff, mypy, the whole test suite
+test: env proto-check lint typecheck
+	$(BIN)/pytest -q
+
+unit: env
+	$(BIN)/pytest -q -m "not integration"
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: env
+	$(BIN)/mypy
+
+## proto: regenerate gss/v1 from proto/
+proto: env
+	$(PY) scripts/gen_proto.py
+
+proto-check: env
+	$(PY) scripts/gen_proto.py --check
+
+## bench: load data, measure, write bench/report.json
+bench: env
+	$(PY) -m bench.run
+
+clean:
+	rm -rf gss-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Python clients of GSS: lookups (sync and asyncio), event subscription, snapshot reading."""

@@ -1,0 +1,1 @@
+"""Compute plugins: signals as decorated Python functions, run locally or on Flink."""

@@ -1,0 +1,42 @@
+"""What every ``gss`` verb shares: settings (loaded once, lazily) and logging set-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from gss import logs
+from gss.registry import Registry, load_registry
+from gss.settings import Settings, load_settings
+
+
+@dataclass
+class CliContext:
+    config_file: str | None = None
+    log_level: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings from file and environment, with CLI-flag overrides (nested dicts)."""
+        if self._settings is None or overrides:
+            merged = {**self.overrides, **overrides}
+            if self.log_level:
+                merged["log_level"] = self.log_level
+            try:
+                self._settings = load_settings(self.config_file, **merged)
+            except Exception as exc:  # pydantic and file errors both become usage errors
+                raise click.UsageError(f"bad settings: {exc}") from exc
+            logs.configure(self._settings.log_level, self._settings.log_format)
+        return self._settings
+
+    def registry(self) -> Registry:
+        try:
+            return load_registry(self.settings().registry_path)
+        except Exception as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+pass_cli = click.make_pass_decorator(CliContext)

@@ -1,0 +1,252 @@
+"""SignalStore: RocksDB through rocksdict, one column family per galaxy.
+
+One write path: :meth:`SignalStore.apply` commits a batch of writes, and whatever else must
+change with them (changelog offsets, outbox entries), in one atomic WriteBatch, keeping only
+writes newer than what is stored. Reads go through RocksDB multi-get.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
+
+from store import records
+
+log = structlog.get_logger(__name__)
+
+# Offsets, the outbox and other bookkeeping; galaxy names start with a letter, so no clash.
+META_CF = "_gss_meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One value to store: ``stored`` is a :func:`store.records.encode` result."""
+
+    galaxy: str
+    key: bytes
+    stored: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """What :meth:`SignalStore.apply` did: ``applied[i]`` is True if ``writes[i]`` is now stored."""
+
+    applied: list[bool]
+
+    @property
+    def applied_count(self) -> int:
+        return sum(self.applied)
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.applied) - self.applied_count
+
+
+# Given the writes that will be stored, the meta-CF puts to commit with them (outbox entries).
+DeriveMeta = Callable[[Sequence[Write]], Iterable[tuple[bytes, bytes]]]
+
+
+def _options(block_cache_bytes: int) -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_compression_type(DBCompressionType.lz4())
+    opts.increase_parallelism(2)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(block_cache_bytes))
+    # Lookups of absent values are common (signals not computed yet): bloom filters answer them
+    # without reading data blocks.
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+class SignalStore:
+    """The RocksDB materialisation of every galaxy's changelog.
+
+    Thread-safe: reads run concurrently; :meth:`apply` serialises writers, because deciding
+    whether a write is newer reads the stored value first.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        galaxies: Iterable[str],
+        *,
+        sync_writes: bool = True,
+        block_cache_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.galaxies = tuple(galaxies)
+        opts = _options(block_cache_bytes)
+        existing = set(Rdict.list_cf(str(self.path), opts)) if (self.path / "CURRENT").exists() else set()
+        wanted = existing | set(self.galaxies) | {META_CF}
+        self._db = Rdict(
+            str(self.path), opts, column_families={name: _options(block_cache_bytes) for name in wanted if name != "default"}
+        )
+        self._cfs = {name: self._db.get_column_family(name) for name in (*self.galaxies, META_CF)}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in self._cfs}
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync_writes
+        self._lock = threading.Lock()
+        self._closed = False
+        log.info("store_opened", store_path=str(self.path), galaxies=list(self.galaxies), sync_writes=sync_writes)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_many(self, galaxy: str, keys: list[bytes]) -> list[bytes | None]:
+        """Stored records of ``keys`` in one RocksDB multi-get, in order (None: absent)."""
+        return self._cfs[galaxy].get(keys)  # type: ignore[no-any-return]
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self._cfs[META_CF].get(key)  # type: ignore[no-any-return]
+
+    def scan_meta(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Meta-CF entries whose key starts with ``prefix``, in key order."""
+        ropts = ReadOptions()
+        ropts.set_iterate_lower_bound(prefix)
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            ropts.set_iterate_upper_bound(upper)
+        it = self._cfs[META_CF].iter(ropts)
+        it.seek(prefix)
+        count = 0
+        while it.valid() and (limit is None or count < limit):
+            yield it.key(), it.value()
+            count += 1
+            it.next()
+
+    def scan(self, galaxy: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, stored record) of a galaxy in key order."""
+        it = self._cfs[galaxy].iter(ReadOptions())
+        it.seek_to_first()
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+
+    # -- the write path ------------------------------------------------------------------
+
+    def apply(
+        self,
+        writes: Sequence[Write],
+        *,
+        meta: Mapping[bytes, bytes] | None = None,
+        derive_meta: DeriveMeta | None = None,
+        delete_meta: Iterable[bytes] = (),
+    ) -> AppliedBatch:
+        """Store the writes that are newer than what is stored, atomically.
+
+        A write is newer if its (event time, changelog offset) is greater than the stored
+        record's; of several writes to one key in the batch, the newest wins and the others
+        count as skipped. ``meta`` (for example changelog offsets) and the entries
+        ``derive_meta`` returns for the winning writes (for example outbox events) are put in
+        the meta column family in the same WriteBatch, so all or none of it is durable.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the signal store is closed")
+            winners: dict[tuple[str, bytes], int] = {}
+            by_galaxy: dict[str, list[int]] = {}
+            for i, write in enumerate(writes):
+                by_galaxy.setdefault(write.galaxy, []).append(i)
+            for galaxy, indexes in by_galaxy.items():
+                current = self.get_many(galaxy, [writes[i].key for i in indexes])
+                best: dict[bytes, tuple[tuple[int, int], int]] = {}
+                for i, stored in zip(indexes, current, strict=True):
+                    write = writes[i]
+                    order = records.order_of(write.stored)
+                    held = best.get(write.key)
+                    floor = held[0] if held else (records.order_of(stored) if stored else None)
+                    if floor is None or order > floor:
+                        best[write.key] = (order, i)
+                winners.update({(galaxy, key): i for key, (_, i) in best.items()})
+            applied = [False] * len(writes)
+            batch = WriteBatch(raw_mode=True)
+            for (galaxy, key), i in winners.items():
+                batch.put(key, writes[i].stored, self._handles[galaxy])
+                applied[i] = True
+            meta_cf = self._handles[META_CF]
+            for key, value in (meta or {}).items():
+                batch.put(key, value, meta_cf)
+            if derive_meta is not None:
+                stored_writes = [writes[i] for i in sorted(winners.values())]
+                for key, value in derive_meta(stored_writes):
+                    batch.put(key, value, meta_cf)
+            for key in delete_meta:
+                batch.delete(key, meta_cf)
+            if not batch.is_empty():
+                self._db.write(batch, self._write_opts)
+            return AppliedBatch(applied)
+
+    def delete_meta(self, keys: Iterable[bytes]) -> None:
+        """Remove meta entries (e.g. outbox entries whose delivery was confirmed)."""
+        batch = WriteBatch(raw_mode=True)
+        for key in keys:
+            batch.delete(key, self._handles[META_CF])
+        if not batch.is_empty():
+            self._db.write(batch, self._write_opts)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def checkpoint(self, target: str | Path) -> Path:
+        """A consistent, hard-linked copy of the whole store at ``target`` (must not exist)."""
+        Checkpoint(self._db).create_checkpoint(str(target))
+        return Path(target)
+
+    def estimated_keys(self, galaxy: str) -> int:
+        value = self._cfs[galaxy].property_int_value("rocksdb.estimate-num-keys")
+        return int(value or 0)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for cf in self._cfs.values():
+            for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                total += int(cf.property_int_value(prop) or 0)
+        return total
+
+    def flush(self) -> None:
+        self._db.flush_wal(True)
+
+    def close(self) -> None:
+        """Flush and close. Further calls fail; close twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.flush_wal(True)
+            # Column-family objects keep the DB (and its LOCK file) alive until dropped.
+            self._cfs.clear()
+            self._handles.clear()
+            self._db.close()
+            log.info("store_closed", store_path=str(self.path))
+
+    def __enter__(self) -> SignalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _prefix_upper_bound(prefix: bytes) -> bytes | None:
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])

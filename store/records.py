@@ -1,0 +1,72 @@
+"""How one signal value is laid out in RocksDB.
+
+A stored record is ``header ‖ cell`` where
+
+- ``header`` is 17 bytes: format (1), event time in µs since the epoch (8, signed big-endian),
+  changelog offset of the source record (8, signed big-endian, -1 for direct writes);
+- ``cell`` is a serialized ``gss.v1.SignalCell`` without its status: version, value (Any) and
+  envelope.
+
+The header answers the two questions a hot path asks (is it newer? is it expired?) without
+parsing protobuf; the cell is already in the wire form of a GetSignals answer, so the server
+splices it into responses instead of decoding and re-encoding values.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2
+
+from gss.v1 import envelope_pb2, signal_service_pb2
+
+FORMAT_V1 = 1
+HEADER = struct.Struct(">Bqq")
+NO_OFFSET = -1
+
+
+def timestamp_us(ts: object) -> int:
+    """Microseconds since the epoch of a protobuf Timestamp."""
+    return ts.seconds * 1_000_000 + ts.nanos // 1000  # type: ignore[attr-defined, no-any-return]
+
+
+def encode(version: int, value: any_pb2.Any, envelope: envelope_pb2.Envelope) -> bytes:
+    """The stored form of one value. The envelope must carry event and write time."""
+    offset = envelope.source.offset if envelope.HasField("source") else NO_OFFSET
+    cell = signal_service_pb2.SignalCell(version=version, value=value, envelope=envelope)
+    return HEADER.pack(FORMAT_V1, timestamp_us(envelope.event_time), offset) + cell.SerializeToString()
+
+
+def order_of(stored: bytes) -> tuple[int, int]:
+    """(event time µs, changelog offset): a write replaces a value only if its order is greater."""
+    _, event_us, offset = HEADER.unpack_from(stored)
+    return event_us, offset
+
+
+def event_time_us(stored: bytes) -> int:
+    return HEADER.unpack_from(stored)[1]  # type: ignore[no-any-return]
+
+
+def cell_bytes(stored: bytes) -> bytes:
+    """The serialized SignalCell (no status) inside a stored record."""
+    return stored[HEADER.size:]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A decoded stored value, for the slow paths (export, events, tools)."""
+
+    version: int
+    value: any_pb2.Any
+    envelope: envelope_pb2.Envelope
+    event_time_us: int
+    source_offset: int
+
+    @classmethod
+    def decode(cls, stored: bytes) -> StoredRecord:
+        fmt, event_us, offset = HEADER.unpack_from(stored)
+        if fmt != FORMAT_V1:
+            raise ValueError(f"stored record has format {fmt}; this GSS reads format {FORMAT_V1}")
+        cell = signal_service_pb2.SignalCell.FromString(stored[HEADER.size:])
+        return cls(cell.version, cell.value, cell.envelope, event_us, offset)
