@@ -8,6 +8,7 @@ messages), and is then the one answer to "what may be stored and served".
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cached_property
@@ -17,12 +18,24 @@ from typing import Annotated, Any
 import yaml
 from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from gss.errors import InvalidArgumentError, NotFoundError
 from store.keys import SIGNAL_NAME, EntityCodec, KeyType, signal_suffix
 
 NAME_PATTERN = SIGNAL_NAME.pattern
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> Any:
+    """Accept "90s", "15m", "2h", "30d" besides what pydantic takes (seconds, ISO 8601)."""
+    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 ANY_PREFIX = "type.googleapis.com/"
 
 
@@ -35,7 +48,7 @@ class SignalSpec(BaseModel):
     version: Annotated[int, Field(ge=1, le=2**31)]
     value_type: str
     description: str = ""
-    ttl: timedelta | None = None
+    ttl: Duration | None = None
     # Whether availability events carry the value inline (when under the size limit).
     inline_value: bool = True
 
@@ -120,7 +133,9 @@ class GalaxySpec(BaseModel):
     def _by_ref(self) -> dict[tuple[str, int], SignalSpec]:
         refs = {(s.name, s.version): s for s in self.signals}
         for name in {s.name for s in self.signals}:
-            refs[(name, 0)] = max((s for s in self.signals if s.name == name), key=lambda s: s.version)
+            refs[(name, 0)] = max(
+                (s for s in self.signals if s.name == name), key=lambda s: s.version
+            )
         return refs
 
     def signal(self, name: str, version: int = 0) -> SignalSpec:
@@ -147,10 +162,13 @@ class Registry(BaseModel):
     @classmethod
     def _name_galaxies(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("galaxies"), dict):
-            data = {**data, "galaxies": {
-                name: {"name": name, **spec} if isinstance(spec, dict) else spec
-                for name, spec in data["galaxies"].items()
-            }}
+            data = {
+                **data,
+                "galaxies": {
+                    name: {"name": name, **spec} if isinstance(spec, dict) else spec
+                    for name, spec in data["galaxies"].items()
+                },
+            }
         return data
 
     @model_validator(mode="after")

@@ -53,7 +53,7 @@ class ServerSettings(BaseModel):
     max_put_records: int = 10_000
     # Seconds SIGTERM waits for in-flight calls before closing the store.
     shutdown_grace_seconds: float = 10.0
-    # Prometheus metrics over HTTP; 0 turns the endpoint off.
+    # Prometheus metrics over HTTP on the same host; 0 picks a free port, -1 turns it off.
     metrics_port: int = 9464
 
 
@@ -148,7 +148,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     path = Path(config_file)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (from -c/--config or GSS_CONFIG)")
+        raise FileNotFoundError(
+            f"config file {path} does not exist (from -c/--config or GSS_CONFIG)"
+        )
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})

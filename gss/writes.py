@@ -56,9 +56,13 @@ def to_write(
     try:
         spec.message_class.FromString(record.value.value)
     except DecodeError as exc:
-        raise InvalidArgumentError(f"value of {spec.ref} does not decode as {spec.value_type}: {exc}") from None
+        raise InvalidArgumentError(
+            f"value of {spec.ref} does not decode as {spec.value_type}: {exc}"
+        ) from None
     if not record.envelope.HasField("event_time"):
-        raise InvalidArgumentError("envelope.event_time is required (it orders writes and drives TTL)")
+        raise InvalidArgumentError(
+            "envelope.event_time is required (it orders writes and drives TTL)"
+        )
     envelope = envelope_pb2.Envelope()
     envelope.CopyFrom(record.envelope)
     envelope.write_time.FromMicroseconds(write_time_us)
@@ -66,7 +70,9 @@ def to_write(
         envelope.source.CopyFrom(position)
     else:
         envelope.ClearField("source")
-    return Write(galaxy.name, entity + spec.key_suffix, records.encode(spec.version, record.value, envelope))
+    return Write(
+        galaxy.name, entity + spec.key_suffix, records.encode(spec.version, record.value, envelope)
+    )
 
 
 def to_writes(
@@ -81,7 +87,12 @@ def to_writes(
     for i, record in enumerate(batch):
         try:
             writes.append(
-                to_write(registry, record, write_time_us=write_time, position=positions[i] if positions else None)
+                to_write(
+                    registry,
+                    record,
+                    write_time_us=write_time,
+                    position=positions[i] if positions else None,
+                )
             )
         except (InvalidArgumentError, NotFoundError) as exc:
             raise type(exc)(f"records[{i}]: {exc}") from None

@@ -97,10 +97,16 @@ class SignalStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.galaxies = tuple(galaxies)
         opts = _options(block_cache_bytes)
-        existing = set(Rdict.list_cf(str(self.path), opts)) if (self.path / "CURRENT").exists() else set()
+        existing = (
+            set(Rdict.list_cf(str(self.path), opts)) if (self.path / "CURRENT").exists() else set()
+        )
         wanted = existing | set(self.galaxies) | {META_CF}
         self._db = Rdict(
-            str(self.path), opts, column_families={name: _options(block_cache_bytes) for name in wanted if name != "default"}
+            str(self.path),
+            opts,
+            column_families={
+                name: _options(block_cache_bytes) for name in wanted if name != "default"
+            },
         )
         self._cfs = {name: self._db.get_column_family(name) for name in (*self.galaxies, META_CF)}
         self._handles = {name: self._db.get_column_family_handle(name) for name in self._cfs}
@@ -108,7 +114,12 @@ class SignalStore:
         self._write_opts.sync = sync_writes
         self._lock = threading.Lock()
         self._closed = False
-        log.info("store_opened", store_path=str(self.path), galaxies=list(self.galaxies), sync_writes=sync_writes)
+        log.info(
+            "store_opened",
+            store_path=str(self.path),
+            galaxies=list(self.galaxies),
+            sync_writes=sync_writes,
+        )
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -54,7 +54,9 @@ class EntityCodec:
                     )
                 entity_id = int(entity_id)
             if isinstance(entity_id, bytes) or not 0 <= entity_id <= INT64_MAX:
-                raise InvalidArgumentError(f"entity id {entity_id!r} is not an int64 id in [0, 2^63)")
+                raise InvalidArgumentError(
+                    f"entity id {entity_id!r} is not an int64 id in [0, 2^63)"
+                )
             return entity_id.to_bytes(8, "big")
         if isinstance(entity_id, str):
             try:

@@ -35,7 +35,9 @@ def encode(version: int, value: any_pb2.Any, envelope: envelope_pb2.Envelope) ->
     """The stored form of one value. The envelope must carry event and write time."""
     offset = envelope.source.offset if envelope.HasField("source") else NO_OFFSET
     cell = signal_service_pb2.SignalCell(version=version, value=value, envelope=envelope)
-    return HEADER.pack(FORMAT_V1, timestamp_us(envelope.event_time), offset) + cell.SerializeToString()
+    return (
+        HEADER.pack(FORMAT_V1, timestamp_us(envelope.event_time), offset) + cell.SerializeToString()
+    )
 
 
 def order_of(stored: bytes) -> tuple[int, int]:
@@ -50,7 +52,7 @@ def event_time_us(stored: bytes) -> int:
 
 def cell_bytes(stored: bytes) -> bytes:
     """The serialized SignalCell (no status) inside a stored record."""
-    return stored[HEADER.size:]
+    return stored[HEADER.size :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,5 +70,5 @@ class StoredRecord:
         fmt, event_us, offset = HEADER.unpack_from(stored)
         if fmt != FORMAT_V1:
             raise ValueError(f"stored record has format {fmt}; this GSS reads format {FORMAT_V1}")
-        cell = signal_service_pb2.SignalCell.FromString(stored[HEADER.size:])
+        cell = signal_service_pb2.SignalCell.FromString(stored[HEADER.size :])
         return cls(cell.version, cell.value, cell.envelope, event_us, offset)

@@ -1,0 +1,322 @@
+"""Lookup clients for GSS: :class:`GssClient` (blocking) and :class:`AsyncGssClient` (asyncio).
+
+    with GssClient("127.0.0.1:50051") as gss:
+        rows = gss.get("images", ["9f0c...", ...], ["dominant_colors", "dhash@1"])
+        rows[0].signals["dominant_colors"].value   # a decoded gss.v1.DominantColors
+
+- Deadlines: every call has one (``timeout`` seconds, default 5).
+- Retries: UNAVAILABLE only, with exponential backoff, by gRPC's own retry policy (writes are
+  idempotent, so retrying PutSignals is safe).
+- Large lookups are split into calls of at most ``max_cells_per_call`` cells (sent
+  concurrently by the asyncio client); large writes into batches of ``max_records_per_call``
+  (each batch is all-or-nothing on its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2, symbol_database
+from google.protobuf.message import Message
+
+from gss.v1 import envelope_pb2, signal_service_pb2, signals_pb2  # noqa: F401 - registers value types
+from gss.v1.signal_service_pb2_grpc import SignalServiceStub
+
+EntityId = int | str | bytes
+_TYPE_PREFIX = "type.googleapis.com/"
+DEFAULT_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "gss.v1.SignalService"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+CHANNEL_OPTIONS = [
+    ("grpc.service_config", json.dumps(DEFAULT_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+
+STATUS_NAMES = {
+    signal_service_pb2.CELL_STATUS_FOUND: "found",
+    signal_service_pb2.CELL_STATUS_NOT_FOUND: "not_found",
+    signal_service_pb2.CELL_STATUS_EXPIRED: "expired",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignalValue:
+    """One looked-up cell: ``status`` is "found", "not_found" or "expired"."""
+
+    status: str
+    version: int
+    value: Message | None
+    envelope: envelope_pb2.Envelope | None
+
+    @property
+    def found(self) -> bool:
+        return self.status == "found"
+
+
+@dataclass(frozen=True, slots=True)
+class EntityResult:
+    """The signals of one requested entity, keyed by the signal strings of the request."""
+
+    entity_id: str
+    signals: dict[str, SignalValue] = field(default_factory=dict)
+
+
+def entity_text(entity_id: EntityId) -> str:
+    """The API's text form: decimal for ints, hex for bytes, strings as given."""
+    if isinstance(entity_id, bytes):
+        return entity_id.hex()
+    return str(entity_id)
+
+
+def parse_signal_ref(ref: str) -> signal_service_pb2.SignalRef:
+    """``"name"`` (latest version) or ``"name@3"``."""
+    name, _, version = ref.partition("@")
+    if not name or (version and not version.isdigit()):
+        raise ValueError(f"signal {ref!r} is not 'name' or 'name@version'")
+    return envelope_pb2.SignalRef(name=name, version=int(version or 0))
+
+
+def decode_value(packed: any_pb2.Any) -> Message:
+    """The typed message inside an Any; the Any itself if its type is not known here."""
+    try:
+        cls = symbol_database.Default().GetSymbol(packed.type_url.removeprefix(_TYPE_PREFIX))
+    except KeyError:
+        return packed
+    value: Message = cls()
+    value.ParseFromString(packed.value)
+    return value
+
+
+def decode_cell(cell: signal_service_pb2.SignalCell) -> SignalValue:
+    return SignalValue(
+        status=STATUS_NAMES.get(cell.status, "unspecified"),
+        version=cell.version,
+        value=decode_value(cell.value) if cell.HasField("value") else None,
+        envelope=cell.envelope if cell.HasField("envelope") else None,
+    )
+
+
+def make_record(
+    galaxy: str,
+    entity_id: EntityId,
+    signal: str,
+    value: Message,
+    *,
+    event_time: datetime | None = None,
+    producer: str = "python-client",
+    model_name: str = "",
+    model_version: str = "",
+) -> envelope_pb2.SignalRecord:
+    """A SignalRecord for PutSignals; ``signal`` must name its version (``"dhash@1"``)."""
+    ref = parse_signal_ref(signal)
+    if ref.version == 0:
+        raise ValueError(f"writes must name a version: {signal!r} -> e.g. {signal}@1")
+    record = envelope_pb2.SignalRecord(galaxy=galaxy, entity_id=entity_text(entity_id), signal=ref)
+    record.value.Pack(value)
+    record.envelope.event_time.FromDatetime(event_time or datetime.now(UTC))
+    record.envelope.producer = producer
+    record.envelope.model_name = model_name
+    record.envelope.model_version = model_version
+    return record
+
+
+def _chunks(ids: list[str], signals: Sequence[str], max_cells: int) -> list[list[str]]:
+    per_call = max(1, max_cells // max(1, len(signals)))
+    return [ids[i : i + per_call] for i in range(0, len(ids), per_call)] or [[]]
+
+
+def _request(
+    galaxy: str, ids: list[str], refs: list[signal_service_pb2.SignalRef]
+) -> signal_service_pb2.GetSignalsRequest:
+    return signal_service_pb2.GetSignalsRequest(galaxy=galaxy, entity_ids=ids, signals=refs)
+
+
+def _rows(
+    ids: list[str], signals: Sequence[str], response: signal_service_pb2.GetSignalsResponse
+) -> list[EntityResult]:
+    return [
+        EntityResult(
+            entity_id,
+            {name: decode_cell(cell) for name, cell in zip(signals, row.cells, strict=True)},
+        )
+        for entity_id, row in zip(ids, response.entities, strict=True)
+    ]
+
+
+class GssClient:
+    """A blocking client. Thread-safe; reuse one per process."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        max_cells_per_call: int = 10_000,
+        max_records_per_call: int = 5_000,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = SignalServiceStub(self._channel)
+        self.timeout = timeout
+        self.max_cells_per_call = max_cells_per_call
+        self.max_records_per_call = max_records_per_call
+
+    def get(
+        self,
+        galaxy: str,
+        entity_ids: Iterable[EntityId],
+        signals: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> list[EntityResult]:
+        """Values of ``signals`` for ``entity_ids``, one EntityResult per id in request order."""
+        ids = [entity_text(e) for e in entity_ids]
+        refs = [parse_signal_ref(s) for s in signals]
+        rows: list[EntityResult] = []
+        for chunk in _chunks(ids, signals, self.max_cells_per_call):
+            response = self._stub.GetSignals(
+                _request(galaxy, chunk, refs), timeout=timeout or self.timeout
+            )
+            rows.extend(_rows(chunk, signals, response))
+        return rows
+
+    def put(
+        self,
+        records: Iterable[envelope_pb2.SignalRecord],
+        *,
+        wait_readable: bool = False,
+        timeout: float | None = None,
+    ) -> list[int]:
+        """Write records; returns a ``WriteOutcome`` per record, in order."""
+        batch = list(records)
+        outcomes: list[int] = []
+        for i in range(0, len(batch), self.max_records_per_call):
+            request = signal_service_pb2.PutSignalsRequest(
+                records=batch[i : i + self.max_records_per_call], wait_readable=wait_readable
+            )
+            outcomes.extend(
+                self._stub.PutSignals(request, timeout=timeout or self.timeout).outcomes
+            )
+        return outcomes
+
+    def galaxies(self) -> list[signal_service_pb2.Galaxy]:
+        return list(
+            self._stub.ListGalaxies(
+                signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout
+            ).galaxies
+        )
+
+    def describe(self, galaxy: str) -> signal_service_pb2.Galaxy:
+        return self._stub.DescribeGalaxy(
+            signal_service_pb2.DescribeGalaxyRequest(galaxy=galaxy), timeout=self.timeout
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGssClient:
+    """The asyncio client; lookups over many chunks run concurrently."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        max_cells_per_call: int = 10_000,
+        max_records_per_call: int = 5_000,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = SignalServiceStub(self._channel)
+        self.timeout = timeout
+        self.max_cells_per_call = max_cells_per_call
+        self.max_records_per_call = max_records_per_call
+
+    async def get(
+        self,
+        galaxy: str,
+        entity_ids: Iterable[EntityId],
+        signals: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> list[EntityResult]:
+        ids = [entity_text(e) for e in entity_ids]
+        refs = [parse_signal_ref(s) for s in signals]
+        chunks = _chunks(ids, signals, self.max_cells_per_call)
+        responses = await asyncio.gather(
+            *(
+                self._stub.GetSignals(
+                    _request(galaxy, chunk, refs), timeout=timeout or self.timeout
+                )  # type: ignore[misc]
+                for chunk in chunks
+            )
+        )
+        return [
+            row
+            for chunk, response in zip(chunks, responses, strict=True)
+            for row in _rows(chunk, signals, response)
+        ]
+
+    async def put(
+        self,
+        records: Iterable[envelope_pb2.SignalRecord],
+        *,
+        wait_readable: bool = False,
+        timeout: float | None = None,
+    ) -> list[int]:
+        batch = list(records)
+        outcomes: list[int] = []
+        for i in range(0, len(batch), self.max_records_per_call):
+            request = signal_service_pb2.PutSignalsRequest(
+                records=batch[i : i + self.max_records_per_call], wait_readable=wait_readable
+            )
+            response = await self._stub.PutSignals(request, timeout=timeout or self.timeout)  # type: ignore[misc]
+            outcomes.extend(response.outcomes)
+        return outcomes
+
+    async def galaxies(self) -> list[signal_service_pb2.Galaxy]:
+        response = await self._stub.ListGalaxies(
+            signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout
+        )  # type: ignore[misc]
+        return list(response.galaxies)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

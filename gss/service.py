@@ -1,0 +1,236 @@
+"""The SignalService servicer: lookups, writes and the registry over gRPC.
+
+Every method goes through :func:`_rpc`, the one place that maps GSS errors to status codes,
+records metrics and logs the call.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+
+from gss import lookup, metrics
+from gss.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
+from gss.registry import GalaxySpec, Registry
+from gss.settings import ServerSettings
+from gss.v1 import envelope_pb2, signal_service_pb2
+from gss.writes import to_writes
+from store.db import SignalStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "gss.v1.SignalService"
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+# Calls slower than this are logged at INFO; the rest at DEBUG (a log line per lookup would
+# cost more than the lookup).
+SLOW_CALL_SECONDS = 0.25
+
+Req = TypeVar("Req", bound=Message)
+
+
+class ChangelogWriter(Protocol):
+    """Appends PutSignals records to the galaxy changelogs (when a broker is configured)."""
+
+    def put(
+        self,
+        records: list[envelope_pb2.SignalRecord],
+        *,
+        wait_readable: bool,
+        timeout_seconds: float,
+    ) -> signal_service_pb2.PutSignalsResponse: ...
+
+
+def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[..., Any]]:
+    def decorate(
+        fn: Callable[[SignalService, Req, grpc.ServicerContext], Any],
+    ) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def handle(self: SignalService, request: Req, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            error: str | None = None
+            try:
+                return fn(self, request, context)
+            except GssError as exc:
+                code = next(
+                    (c for kind, c in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
+                )
+                error = str(exc)
+            except Exception as exc:
+                code, error = (
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error: {type(exc).__name__}: {exc}",
+                )
+                log.exception("rpc_failed", rpc_method=method)
+            finally:
+                elapsed = time.perf_counter() - start
+                galaxy = self.galaxy_label(getattr(request, "galaxy", ""))
+                metrics.GRPC_HANDLED.labels("unary", SERVICE, method, code.name).inc()
+                metrics.GRPC_SECONDS.labels("unary", SERVICE, method).observe(elapsed)
+                metrics.GALAXY_REQUEST_SECONDS.labels(method, galaxy).observe(elapsed)
+                if always_log or error or elapsed > SLOW_CALL_SECONDS:
+                    request_id = (
+                        dict(context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+                    )
+                    emit = log.warning if error else log.info
+                    emit(
+                        "rpc",
+                        rpc_method=method,
+                        grpc_code=code.name,
+                        galaxy=galaxy,
+                        duration_seconds=round(elapsed, 6),
+                        request_id=request_id,
+                        error=error,
+                    )
+            context.abort(code, error or "")
+
+        return handle
+
+    return decorate
+
+
+class SignalService:
+    """Serves one registry over one store."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: SignalStore,
+        settings: ServerSettings,
+        changelog: ChangelogWriter | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.settings = settings
+        self.changelog = changelog
+
+    def galaxy_label(self, name: str) -> str:
+        return name if name in self.registry.galaxies else "unknown"
+
+    @_rpc("GetSignals")
+    def GetSignals(
+        self, request: signal_service_pb2.GetSignalsRequest, context: grpc.ServicerContext
+    ) -> bytes:
+        galaxy = self.registry.galaxy(request.galaxy)
+        if not request.entity_ids or not request.signals:
+            raise InvalidArgumentError("a lookup needs at least one entity id and one signal")
+        cells = len(request.entity_ids) * len(request.signals)
+        if cells > self.settings.max_lookup_cells:
+            raise InvalidArgumentError(
+                f"{len(request.entity_ids)} ids x {len(request.signals)} signals = {cells} cells; "
+                f"the limit is {self.settings.max_lookup_cells} per call: split the request"
+            )
+        specs = []
+        for j, ref in enumerate(request.signals):
+            try:
+                specs.append(galaxy.signal(ref.name, ref.version))
+            except NotFoundError as exc:
+                raise NotFoundError(f"signals[{j}]: {exc}") from None
+        body, counts = lookup.lookup(self.store, galaxy, request.entity_ids, specs)
+        metrics.LOOKUP_CELLS.labels(galaxy.name, "found").inc(counts.found)
+        if counts.not_found:
+            metrics.LOOKUP_CELLS.labels(galaxy.name, "not_found").inc(counts.not_found)
+        if counts.expired:
+            metrics.LOOKUP_CELLS.labels(galaxy.name, "expired").inc(counts.expired)
+        return body
+
+    @_rpc("PutSignals", always_log=True)
+    def PutSignals(
+        self, request: signal_service_pb2.PutSignalsRequest, context: grpc.ServicerContext
+    ) -> signal_service_pb2.PutSignalsResponse:
+        records = list(request.records)
+        if not records:
+            raise InvalidArgumentError("records is empty: send at least one signal record")
+        if len(records) > self.settings.max_put_records:
+            raise InvalidArgumentError(
+                f"{len(records)} records; the limit is {self.settings.max_put_records} per call: split the batch"
+            )
+        if self.changelog is not None:
+            timeout = context.time_remaining() or self.settings.default_deadline_seconds
+            return self.changelog.put(
+                records, wait_readable=request.wait_readable, timeout_seconds=timeout
+            )
+        writes = to_writes(self.registry, records)
+        try:
+            result = self.store.apply(writes)
+        except RuntimeError as exc:  # closed during shutdown
+            raise UnavailableError(f"the store is not accepting writes: {exc}") from exc
+        applied = signal_service_pb2.WRITE_OUTCOME_APPLIED
+        skipped = signal_service_pb2.WRITE_OUTCOME_SKIPPED_NOT_NEWER
+        for write, ok in zip(writes, result.applied, strict=True):
+            metrics.VALUES_WRITTEN.labels(write.galaxy, "applied" if ok else "skipped").inc()
+        return signal_service_pb2.PutSignalsResponse(
+            outcomes=[applied if ok else skipped for ok in result.applied]
+        )
+
+    @_rpc("ListGalaxies")
+    def ListGalaxies(
+        self, request: signal_service_pb2.ListGalaxiesRequest, context: grpc.ServicerContext
+    ) -> signal_service_pb2.ListGalaxiesResponse:
+        return signal_service_pb2.ListGalaxiesResponse(
+            galaxies=[galaxy_message(g) for g in self.registry]
+        )
+
+    @_rpc("DescribeGalaxy")
+    def DescribeGalaxy(
+        self, request: signal_service_pb2.DescribeGalaxyRequest, context: grpc.ServicerContext
+    ) -> signal_service_pb2.Galaxy:
+        return galaxy_message(self.registry.galaxy(request.galaxy))
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """gRPC handlers; GetSignals returns pre-serialized bytes (see gss.lookup)."""
+        pb = signal_service_pb2
+        return {
+            "GetSignals": grpc.unary_unary_rpc_method_handler(
+                self.GetSignals,
+                request_deserializer=pb.GetSignalsRequest.FromString,
+                response_serializer=bytes,
+            ),
+            "PutSignals": grpc.unary_unary_rpc_method_handler(
+                self.PutSignals,
+                request_deserializer=pb.PutSignalsRequest.FromString,
+                response_serializer=pb.PutSignalsResponse.SerializeToString,
+            ),
+            "ListGalaxies": grpc.unary_unary_rpc_method_handler(
+                self.ListGalaxies,
+                request_deserializer=pb.ListGalaxiesRequest.FromString,
+                response_serializer=pb.ListGalaxiesResponse.SerializeToString,
+            ),
+            "DescribeGalaxy": grpc.unary_unary_rpc_method_handler(
+                self.DescribeGalaxy,
+                request_deserializer=pb.DescribeGalaxyRequest.FromString,
+                response_serializer=pb.Galaxy.SerializeToString,
+            ),
+        }
+
+
+def galaxy_message(galaxy: GalaxySpec) -> signal_service_pb2.Galaxy:
+    message = signal_service_pb2.Galaxy(
+        name=galaxy.name,
+        key_type=galaxy.key.type.value,
+        key_length=galaxy.codec.length,
+        partitions=galaxy.partitions,
+        description=galaxy.description,
+    )
+    for spec in galaxy.signals:
+        signal = message.signals.add(
+            name=spec.name,
+            version=spec.version,
+            value_type=spec.value_type,
+            description=spec.description,
+            inline_value=spec.inline_value,
+        )
+        if spec.ttl is not None:
+            signal.ttl.FromTimedelta(spec.ttl)
+    return message
