@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import click
 
-from gss.cli import serving
+from gss.cli import serving as serving
 from gss.cli.context import CliContext, pass_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-c", "--config", type=click.Path(dir_okay=False), envvar="GSS_CONFIG",
-              help="YAML settings file (also GSS_CONFIG).")
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="GSS_CONFIG",
+    help="YAML settings file (also GSS_CONFIG).",
+)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
 @click.version_option(package_name="galaxy-signal-service", prog_name="gss")
 @click.pass_context
