@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from gss.errors import InvalidArgumentError, NotFoundError
 from store.keys import SIGNAL_NAME, EntityCodec, KeyType, signal_suffix
 
+DEFAULT_REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 NAME_PATTERN = SIGNAL_NAME.pattern
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

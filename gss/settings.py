@@ -23,8 +23,6 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-DEFAULT_REGISTRY = Path(__file__).with_name("registry.yaml")
-
 
 class StoreSettings(BaseModel):
     """RocksDB: where it lives and how durable an acknowledged write is."""
@@ -75,11 +73,26 @@ class KafkaSettings(BaseModel):
 
 
 class TritonSettings(BaseModel):
-    """Where models are served."""
+    """Where models are served, and how the model client calls them (docs/models.md)."""
 
     # host:port of Triton's gRPC endpoint; None starts a local server in `gss run`.
     url: str | None = None
     model_repository: Path = Path(__file__).resolve().parent.parent / "compute" / "models"
+    # Local server only: pick configs/<name>.pbtxt per model (e.g. "gpu"); None: config.pbtxt.
+    model_config_name: str | None = None
+    # Local server only: seconds to wait for every model to be READY.
+    startup_timeout_seconds: float = 120.0
+    # Client micro-batching: items per Triton request, and how long the first item waits.
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_seconds: float = Field(default=0.005, ge=0)
+    # Batches one model may have in flight at once (per client).
+    max_in_flight: int = Field(default=2, ge=1)
+    # Budget of one call, retries included; each attempt gets what is left.
+    deadline_seconds: float = Field(default=10.0, gt=0)
+    # Attempts per call on transient errors (UNAVAILABLE, ...), with exponential backoff.
+    max_attempts: int = Field(default=4, ge=1)
+    retry_backoff_seconds: float = Field(default=0.1, ge=0)
+    retry_backoff_max_seconds: float = Field(default=2.0, ge=0)
 
 
 class ComputeSettings(BaseModel):
@@ -111,7 +124,7 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    registry_path: Path = DEFAULT_REGISTRY
+    registry_path: Path = Path(__file__).with_name("registry.yaml")
     log_level: str = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -131,7 +144,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if Path(file_secret_settings.config.get("secrets_dir") or "/nonexistent").is_dir():
+        secrets_dir = file_secret_settings.config.get("secrets_dir")
+        if isinstance(secrets_dir, str | Path) and Path(secrets_dir).is_dir():
             sources.append(file_secret_settings)
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))

@@ -18,7 +18,7 @@ from clients.lookup import EntityResult, GssClient, make_record
 from gss.cli.context import CliContext, pass_cli
 from gss.v1 import envelope_pb2, signal_service_pb2
 
-OUTCOMES = {
+OUTCOMES: dict[int, str] = {
     signal_service_pb2.WRITE_OUTCOME_APPLIED: "applied",
     signal_service_pb2.WRITE_OUTCOME_SKIPPED_NOT_NEWER: "skipped_not_newer",
     signal_service_pb2.WRITE_OUTCOME_ACCEPTED: "accepted",
