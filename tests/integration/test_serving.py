@@ -37,9 +37,11 @@ def test_put_then_get_round_trips_typed_values(gss_server: GssServer) -> None:
         assert [row.entity_id for row in rows] == [image_id(2), image_id(1)]
         assert rows[0].signals["dhash"].status == "not_found"
         cell = rows[1].signals["dhash"]
-        assert cell.found and cell.version == 1
+        assert cell.found
+        assert cell.version == 1
         assert cell.value == signals_pb2.DHash(hash=111)
-        assert cell.envelope is not None and cell.envelope.producer == "test"
+        assert cell.envelope is not None
+        assert cell.envelope.producer == "test"
         assert rows[1].signals["dominant_colors@1"].status == "not_found"
         (pin,) = client.get("pins", [7], ["save_count_1h@1"])
         assert pin.signals["save_count_1h@1"].value == signals_pb2.WindowedCount(count=3)
@@ -120,7 +122,8 @@ def test_registry_calls_describe_value_types(gss_server: GssServer) -> None:
     """ListGalaxies and DescribeGalaxy expose key types, signals, value types and TTLs."""
     with GssClient(gss_server.address) as client:
         pins = client.describe("pins")
-        assert pins.key_type == "int64" and pins.key_length == 8
+        assert pins.key_type == "int64"
+        assert pins.key_length == 8
         (signal,) = pins.signals
         assert (signal.name, signal.version, signal.value_type) == (
             "save_count_1h",
@@ -212,17 +215,19 @@ def test_cli_put_get_galaxies_against_a_live_server(gss_server: GssServer, tmp_p
     assert rows[0]["signals"]["save_count_1h"]["value"] == {"count": "12"}
     assert rows[1]["signals"]["save_count_1h"]["status"] == "not_found"
     result = runner.invoke(gss_cli, ["get", "images", image_id(3), "-s", "dhash", *target])
-    assert result.exit_code == 0 and '"hash":"255"' in result.output
+    assert result.exit_code == 0
+    assert '"hash":"255"' in result.output
     result = runner.invoke(gss_cli, ["galaxies", *target])
-    assert "save_count_1h@1" in result.output and "gss.v1.DominantColors" in result.output
+    assert "save_count_1h@1" in result.output
+    assert "gss.v1.DominantColors" in result.output
     result = runner.invoke(gss_cli, ["get", "videos", "1", "-s", "x", *target])
-    assert result.exit_code == 1 and "NOT_FOUND" in result.output
+    assert result.exit_code == 1
+    assert "NOT_FOUND" in result.output
     records.write_text(
         json.dumps(
             {"galaxy": "pins", "entity_id": 1, "signal": "save_count_1h@1", "value": {"nope": 1}}
         )
     )
     result = runner.invoke(gss_cli, ["put", str(records), *target])
-    assert (
-        result.exit_code == 1 and "record 1: value is not a gss.v1.WindowedCount" in result.output
-    )
+    assert result.exit_code == 1
+    assert "record 1: value is not a gss.v1.WindowedCount" in result.output

@@ -52,7 +52,8 @@ def test_values_older_than_the_ttl_are_expired_not_served(
     cells = [
         row.cells[0] for row in signal_service_pb2.GetSignalsResponse.FromString(body).entities
     ]
-    assert counts.expired == 1 and counts.found == 1
+    assert counts.expired == 1
+    assert counts.found == 1
     assert cells[0].status == signal_service_pb2.CELL_STATUS_EXPIRED
     assert not cells[0].HasField("value")
     assert cells[0].envelope.HasField("event_time")

@@ -26,7 +26,8 @@ def galaxy(*signals: dict[str, object], key: dict[str, object] | None = None) ->
 def test_example_registry_declares_the_issue_signals(registry: Registry) -> None:
     """images and pins exist with the example signals, value types resolved to messages."""
     images, pins = registry.galaxy("images"), registry.galaxy("pins")
-    assert images.codec.length == 16 and pins.codec.length == 8
+    assert images.codec.length == 16
+    assert pins.codec.length == 8
     assert images.signal("dominant_colors", 1).message_class is signals_pb2.DominantColors
     assert images.signal("embedding").message_class is signals_pb2.Embedding
     assert images.signal("dhash", 1).message_class is signals_pb2.DHash
