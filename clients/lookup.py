@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
 import grpc
 import grpc.aio
@@ -29,6 +29,9 @@ from google.protobuf.message import Message
 
 from gss.v1 import envelope_pb2, signal_service_pb2, signals_pb2  # noqa: F401 - registers value types
 from gss.v1.signal_service_pb2_grpc import SignalServiceStub
+
+if TYPE_CHECKING:
+    from gss.v1.signal_service_pb2_grpc import SignalServiceAsyncStub
 
 EntityId = int | str | bytes
 _TYPE_PREFIX = "type.googleapis.com/"
@@ -89,7 +92,7 @@ def entity_text(entity_id: EntityId) -> str:
     return str(entity_id)
 
 
-def parse_signal_ref(ref: str) -> signal_service_pb2.SignalRef:
+def parse_signal_ref(ref: str) -> envelope_pb2.SignalRef:
     """``"name"`` (latest version) or ``"name@3"``."""
     name, _, version = ref.partition("@")
     if not name or (version and not version.isdigit()):
@@ -147,7 +150,7 @@ def _chunks(ids: list[str], signals: Sequence[str], max_cells: int) -> list[list
 
 
 def _request(
-    galaxy: str, ids: list[str], refs: list[signal_service_pb2.SignalRef]
+    galaxy: str, ids: list[str], refs: list[envelope_pb2.SignalRef]
 ) -> signal_service_pb2.GetSignalsRequest:
     return signal_service_pb2.GetSignalsRequest(galaxy=galaxy, entity_ids=ids, signals=refs)
 
@@ -254,7 +257,7 @@ class AsyncGssClient:
         max_records_per_call: int = 5_000,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = SignalServiceStub(self._channel)
+        self._stub = cast("SignalServiceAsyncStub", SignalServiceStub(self._channel))
         self.timeout = timeout
         self.max_cells_per_call = max_cells_per_call
         self.max_records_per_call = max_records_per_call
@@ -274,7 +277,7 @@ class AsyncGssClient:
             *(
                 self._stub.GetSignals(
                     _request(galaxy, chunk, refs), timeout=timeout or self.timeout
-                )  # type: ignore[misc]
+                )
                 for chunk in chunks
             )
         )
@@ -297,14 +300,14 @@ class AsyncGssClient:
             request = signal_service_pb2.PutSignalsRequest(
                 records=batch[i : i + self.max_records_per_call], wait_readable=wait_readable
             )
-            response = await self._stub.PutSignals(request, timeout=timeout or self.timeout)  # type: ignore[misc]
+            response = await self._stub.PutSignals(request, timeout=timeout or self.timeout)
             outcomes.extend(response.outcomes)
         return outcomes
 
     async def galaxies(self) -> list[signal_service_pb2.Galaxy]:
         response = await self._stub.ListGalaxies(
             signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout
-        )  # type: ignore[misc]
+        )
         return list(response.galaxies)
 
     async def close(self) -> None:

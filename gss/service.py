@@ -93,7 +93,8 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
                         request_id=request_id,
                         error=error,
                     )
-            context.abort(code, error or "")
+            context.abort(code, error or "")  # raises: the call ends here
+            return None
 
         return handle
 
@@ -188,7 +189,7 @@ class SignalService:
     ) -> signal_service_pb2.Galaxy:
         return galaxy_message(self.registry.galaxy(request.galaxy))
 
-    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """gRPC handlers; GetSignals returns pre-serialized bytes (see gss.lookup)."""
         pb = signal_service_pb2
         return {

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import structlog
 from rocksdict import (
@@ -125,10 +126,10 @@ class SignalStore:
 
     def get_many(self, galaxy: str, keys: list[bytes]) -> list[bytes | None]:
         """Stored records of ``keys`` in one RocksDB multi-get, in order (None: absent)."""
-        return self._cfs[galaxy].get(keys)  # type: ignore[no-any-return]
+        return cast("list[bytes | None]", self._cfs[galaxy].get(cast("list[Any]", keys)))
 
     def get_meta(self, key: bytes) -> bytes | None:
-        return self._cfs[META_CF].get(key)  # type: ignore[no-any-return]
+        return cast("bytes | None", self._cfs[META_CF].get(key))
 
     def scan_meta(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Meta-CF entries whose key starts with ``prefix``, in key order."""
