@@ -1,0 +1,1 @@
+"""Triton's gRPC inference protocol messages (a subset; see inference.proto)."""
