@@ -6,10 +6,11 @@ records metrics and logs the call.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -51,17 +52,19 @@ class ChangelogWriter(Protocol):
     ) -> signal_service_pb2.PutSignalsResponse: ...
 
 
-def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[..., Any]]:
+def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[..., Awaitable[Any]]]:
     def decorate(
-        fn: Callable[[SignalService, Req, grpc.ServicerContext], Any],
-    ) -> Callable[..., Any]:
+        fn: Callable[[SignalService, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+    ) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
-        def handle(self: SignalService, request: Req, context: grpc.ServicerContext) -> Any:
+        async def handle(
+            self: SignalService, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             error: str | None = None
             try:
-                return fn(self, request, context)
+                return await fn(self, request, context)
             except GssError as exc:
                 code = next(
                     (c for kind, c in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
@@ -81,7 +84,7 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
                 metrics.GALAXY_REQUEST_SECONDS.labels(method, galaxy).observe(elapsed)
                 if always_log or error or elapsed > SLOW_CALL_SECONDS:
                     request_id = (
-                        dict(context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+                        dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex
                     )
                     emit = log.warning if error else log.info
                     emit(
@@ -93,7 +96,7 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
                         request_id=request_id,
                         error=error,
                     )
-            context.abort(code, error or "")  # raises: the call ends here
+            await context.abort(code, error or "")  # raises: the call ends here
             return None
 
         return handle
@@ -120,8 +123,10 @@ class SignalService:
         return name if name in self.registry.galaxies else "unknown"
 
     @_rpc("GetSignals")
-    def GetSignals(
-        self, request: signal_service_pb2.GetSignalsRequest, context: grpc.ServicerContext
+    async def GetSignals(
+        self,
+        request: signal_service_pb2.GetSignalsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> bytes:
         galaxy = self.registry.galaxy(request.galaxy)
         if not request.entity_ids or not request.signals:
@@ -147,8 +152,10 @@ class SignalService:
         return body
 
     @_rpc("PutSignals", always_log=True)
-    def PutSignals(
-        self, request: signal_service_pb2.PutSignalsRequest, context: grpc.ServicerContext
+    async def PutSignals(
+        self,
+        request: signal_service_pb2.PutSignalsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.PutSignalsResponse:
         records = list(request.records)
         if not records:
@@ -157,14 +164,19 @@ class SignalService:
             raise InvalidArgumentError(
                 f"{len(records)} records; the limit is {self.settings.max_put_records} per call: split the batch"
             )
+        # Writes block (fsync, broker round trips): they run in a worker thread, never on the
+        # event loop that serves lookups.
         if self.changelog is not None:
             timeout = context.time_remaining() or self.settings.default_deadline_seconds
-            return self.changelog.put(
-                records, wait_readable=request.wait_readable, timeout_seconds=timeout
+            return await asyncio.to_thread(
+                self.changelog.put,
+                records,
+                wait_readable=request.wait_readable,
+                timeout_seconds=timeout,
             )
         writes = to_writes(self.registry, records)
         try:
-            result = self.store.apply(writes)
+            result = await asyncio.to_thread(self.store.apply, writes)
         except RuntimeError as exc:  # closed during shutdown
             raise UnavailableError(f"the store is not accepting writes: {exc}") from exc
         applied = signal_service_pb2.WRITE_OUTCOME_APPLIED
@@ -176,16 +188,20 @@ class SignalService:
         )
 
     @_rpc("ListGalaxies")
-    def ListGalaxies(
-        self, request: signal_service_pb2.ListGalaxiesRequest, context: grpc.ServicerContext
+    async def ListGalaxies(
+        self,
+        request: signal_service_pb2.ListGalaxiesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.ListGalaxiesResponse:
         return signal_service_pb2.ListGalaxiesResponse(
             galaxies=[galaxy_message(g) for g in self.registry]
         )
 
     @_rpc("DescribeGalaxy")
-    def DescribeGalaxy(
-        self, request: signal_service_pb2.DescribeGalaxyRequest, context: grpc.ServicerContext
+    async def DescribeGalaxy(
+        self,
+        request: signal_service_pb2.DescribeGalaxyRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.Galaxy:
         return galaxy_message(self.registry.galaxy(request.galaxy))
 

@@ -39,8 +39,6 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 50051
-    # Thread-pool size for the synchronous gRPC server.
-    workers: int = 16
     # Calls without a client deadline are cut off after this long.
     default_deadline_seconds: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024

@@ -4,12 +4,13 @@ A stored record is ``header ‖ cell`` where
 
 - ``header`` is 17 bytes: format (1), event time in µs since the epoch (8, signed big-endian),
   changelog offset of the source record (8, signed big-endian, -1 for direct writes);
-- ``cell`` is a serialized ``gss.v1.SignalCell`` without its status: version, value (Any) and
-  envelope.
+- ``cell`` is a serialized ``gss.v1.EntitySignals`` holding one ``SignalCell`` with status
+  FOUND, the version, the value (Any) and the envelope.
 
 The header answers the two questions a hot path asks (is it newer? is it expired?) without
-parsing protobuf; the cell is already in the wire form of a GetSignals answer, so the server
-splices it into responses instead of decoding and re-encoding values.
+parsing protobuf. The rest is already in the wire form of a GetSignals answer: protobuf
+concatenates repeated fields, so a row of several signals is the concatenation of their
+stored tails, and the server splices bytes instead of decoding and re-encoding values.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def timestamp_us(ts: object) -> int:
 def encode(version: int, value: any_pb2.Any, envelope: envelope_pb2.Envelope) -> bytes:
     """The stored form of one value. The envelope must carry event and write time."""
     offset = envelope.source.offset if envelope.HasField("source") else NO_OFFSET
-    cell = signal_service_pb2.SignalCell(version=version, value=value, envelope=envelope)
+    cell = signal_service_pb2.SignalCell(
+        status=signal_service_pb2.CELL_STATUS_FOUND, version=version, value=value, envelope=envelope
+    )
+    row = signal_service_pb2.EntitySignals(cells=[cell])
     return (
-        HEADER.pack(FORMAT_V1, timestamp_us(envelope.event_time), offset) + cell.SerializeToString()
+        HEADER.pack(FORMAT_V1, timestamp_us(envelope.event_time), offset) + row.SerializeToString()
     )
 
 
@@ -50,9 +54,9 @@ def event_time_us(stored: bytes) -> int:
     return HEADER.unpack_from(stored)[1]  # type: ignore[no-any-return]
 
 
-def cell_bytes(stored: bytes) -> bytes:
-    """The serialized SignalCell (no status) inside a stored record."""
-    return stored[HEADER.size :]
+def cell_of(stored: bytes) -> signal_service_pb2.SignalCell:
+    """The decoded SignalCell inside a stored record."""
+    return signal_service_pb2.EntitySignals.FromString(stored[HEADER.size :]).cells[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,5 +74,5 @@ class StoredRecord:
         fmt, event_us, offset = HEADER.unpack_from(stored)
         if fmt != FORMAT_V1:
             raise ValueError(f"stored record has format {fmt}; this GSS reads format {FORMAT_V1}")
-        cell = signal_service_pb2.SignalCell.FromString(stored[HEADER.size :])
+        cell = cell_of(stored)
         return cls(cell.version, cell.value, cell.envelope, event_us, offset)

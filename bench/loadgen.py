@@ -1,0 +1,112 @@
+"""A GetSignals load generator, run as its own process by bench/lookup.py.
+
+    python -m bench.loadgen --target 127.0.0.1:50051 --keys 100 --concurrency 64 --seconds 8 \
+        --entities 1000000 [--rate 1000]
+
+Closed loop (``--concurrency`` calls in flight) or open loop (``--rate`` calls/s). Requests
+are serialized up front and responses kept as bytes, so the generator spends its CPU on
+gRPC, not on protobuf. Prints one JSON object: calls, keys, seconds, latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+
+import grpc.aio
+
+from gss.v1 import envelope_pb2, signal_service_pb2
+
+METHOD = "/gss.v1.SignalService/GetSignals"
+
+
+def make_requests(galaxy: str, signal: str, entities: int, keys: int, count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    ref = envelope_pb2.SignalRef(name=signal, version=1)
+    return [
+        signal_service_pb2.GetSignalsRequest(
+            galaxy=galaxy, entity_ids=[str(rng.randrange(entities)) for _ in range(keys)], signals=[ref]
+        ).SerializeToString()
+        for _ in range(count)
+    ]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    requests = make_requests(args.galaxy, args.signal, args.entities, args.keys, 2000, args.seed)
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        call = channel.unary_unary(METHOD)  # bytes in, bytes out
+        await call(requests[0], timeout=10)
+        start = time.perf_counter()
+        end = start + args.seconds
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                await call(requests[i % len(requests)], timeout=10)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - t0)
+
+        if args.rate:
+            interval = 1.0 / args.rate
+            tasks = []
+            i = 0
+            while (now := time.perf_counter()) < end:
+                due = start + i * interval
+                if due > now:
+                    await asyncio.sleep(due - now)
+                tasks.append(asyncio.ensure_future(one(i)))
+                i += 1
+            await asyncio.gather(*tasks)
+        else:
+
+            async def worker(w: int) -> None:
+                i = w
+                while time.perf_counter() < end:
+                    await one(i)
+                    i += args.concurrency
+
+            await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "calls_per_s": len(latencies) / elapsed,
+        "keys_per_s": len(latencies) * args.keys / elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--galaxy", default="pins")
+    parser.add_argument("--signal", default="bench_value")
+    parser.add_argument("--entities", type=int, required=True)
+    parser.add_argument("--keys", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=1)
+    json.dump(asyncio.run(run(parser.parse_args())), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Run the benchmarks and write bench/report.json.
+
+    python -m bench.run                 # every area
+    python -m bench.run lookup events   # some areas; other sections of the report are kept
+
+Each area is a module bench/<area>.py with ``run(report_dir) -> dict``; its result becomes
+the report's section of the same name. Figures are measured against a baseline in the same
+run (raw RocksDB, raw numpy, ...) and the ratios reported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+AREAS = ("lookup", "events", "compute", "triton", "export")
+BENCH_DIR = Path(__file__).resolve().parent
+REPORT = BENCH_DIR / "report.json"
+
+
+def main(argv: list[str]) -> int:
+    areas = argv or list(AREAS)
+    unknown = set(areas) - set(AREAS)
+    if unknown:
+        print(f"unknown areas {sorted(unknown)}; choose from {', '.join(AREAS)}", file=sys.stderr)
+        return 2
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    failed = []
+    for area in areas:
+        print(f"bench: {area} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            module = importlib.import_module(f"bench.{area}")
+            report[area] = module.run(BENCH_DIR)
+        except Exception:
+            traceback.print_exc()
+            failed.append(area)
+            continue
+        print(f"bench: {area} done in {time.perf_counter() - start:.0f}s: {json.dumps(report[area])}",
+              file=sys.stderr, flush=True)
+    report["machine"] = {
+        "cpus": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    REPORT.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if "lookup" in report:
+        lookup = report["lookup"]
+        print(f"lookup: GetSignals 100-key {lookup['gss_keys_per_s_100']:,} keys/s = "
+              f"{lookup['ratio_100']:.0%} of raw multi-get {lookup['raw_multiget_keys_per_s']:,} keys/s")
+    print(f"wrote {REPORT.relative_to(BENCH_DIR.parent)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
