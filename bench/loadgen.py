@@ -62,16 +62,26 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             latencies.append(time.perf_counter() - t0)
 
         if args.rate:
-            interval = 1.0 / args.rate
-            tasks = []
-            i = 0
-            while (now := time.perf_counter()) < end:
-                due = start + i * interval
-                if due > now:
-                    await asyncio.sleep(due - now)
-                tasks.append(asyncio.ensure_future(one(i)))
-                i += 1
-            await asyncio.gather(*tasks)
+            # Open loop without a task per call: each worker fires on its own fixed schedule,
+            # and latency counts from the scheduled time, so a stall is not hidden by sending
+            # later (no coordinated omission).
+            interval = args.concurrency / args.rate
+
+            async def paced(w: int) -> None:
+                nonlocal errors
+                n = 0
+                while (due := start + (w / args.concurrency + n) * interval) < end:
+                    if (delay := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(delay)
+                    try:
+                        await call(requests[(w + n * args.concurrency) % len(requests)], timeout=10)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+                    else:
+                        latencies.append(time.perf_counter() - due)
+                    n += 1
+
+            await asyncio.gather(*(paced(w) for w in range(args.concurrency)))
         else:
 
             async def worker(w: int) -> None:
