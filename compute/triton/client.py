@@ -62,8 +62,14 @@ T = TypeVar("T")
 Item = Tensor | Mapping[str, Tensor]
 
 # Status codes worth another attempt: the server may answer differently in a moment.
+# CANCELLED too: the client never cancels a call, so it comes from a server shutting down.
 TRANSIENT_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 _METADATA_TIMEOUT_SECONDS = 5.0
 _CLOSE_JOIN_SECONDS = 5.0
@@ -489,7 +495,7 @@ class ModelClient:
             metrics.INFERENCE_SECONDS.labels(info.name).observe(time.monotonic() - started)
             return reply
 
-        version, tensors = self._with_retries(info.name, deadline, call)
+        version, tensors = self._with_retries(info.name, deadline, call, known_model=True)
         metrics.BATCH_SIZE.labels(info.name).observe(len(chunk))
         metrics.INFERENCES.labels(info.name).inc(len(chunk))
         with self._lock:
@@ -508,8 +514,19 @@ class ModelClient:
             for i in range(len(chunk))
         ]
 
-    def _with_retries(self, model_name: str, deadline: float, call: Callable[[float], T]) -> T:
-        """``call(timeout)`` until it succeeds, fails for good, or attempts/deadline run out."""
+    def _with_retries(
+        self,
+        model_name: str,
+        deadline: float,
+        call: Callable[[float], T],
+        *,
+        known_model: bool = False,
+    ) -> T:
+        """``call(timeout)`` until it succeeds, fails for good, or attempts/deadline run out.
+
+        ``known_model``: the server has served this model's metadata before, so NOT_FOUND
+        means it is being unloaded or reloaded (a restart, a rollout): retried like UNAVAILABLE.
+        """
         last: grpc.RpcError | None = None
         started = time.monotonic()
         for attempt in itertools.count(1):
@@ -524,7 +541,10 @@ class ModelClient:
                 metrics.ERRORS.labels(model_name, code.name).inc()
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     break
-                if code not in TRANSIENT_CODES:
+                transient = code in TRANSIENT_CODES or (
+                    known_model and code == grpc.StatusCode.NOT_FOUND
+                )
+                if not transient:
                     raise _permanent_error(model_name, self.url, exc) from exc
                 if attempt >= self.max_attempts:
                     break

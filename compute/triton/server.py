@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 _PORT_ATTEMPTS = 3
 _POLL_SECONDS = 0.2
+# Triton's glog format: E1122 04:41:56.802896 18344 model_lifecycle.cc:642] "failed to load ..."
+_ERROR_LINE = re.compile(r"^E\d{4} ")
 
 
 class TritonStartError(GssError):
@@ -238,7 +241,7 @@ class LocalTriton:
             except TritonStartError as exc:
                 self._terminate()
                 # Another process may have taken a port between probe and bind: retry fresh.
-                port_clash = "address already in use" in self._log_tail().lower()
+                port_clash = "already in use" in self._log_tail().lower()
                 if fixed_ports or not port_clash or attempt == _PORT_ATTEMPTS:
                     raise
                 log.warning("triton_port_clash_retrying", attempt=attempt, error=str(exc))
@@ -264,11 +267,14 @@ class LocalTriton:
             models=self.models,
         )
 
-    def _log_tail(self, lines: int = 25) -> str:
+    def _log_tail(self, lines: int = 5) -> str:
+        """The server's error lines (``E<date> ...``) and its last few lines, for messages."""
         if self._log_file is None or not self._log_file.exists():
             return ""
         text = self._log_file.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        errors = [line for line in text if _ERROR_LINE.match(line)]
+        tail = [line for line in text[-lines:] if line not in errors]
+        return "\n".join(errors[-20:] + tail)
 
     def _wait_ready(self) -> None:
         started = time.monotonic()
@@ -281,12 +287,12 @@ class LocalTriton:
                 if self._process.poll() is not None:
                     raise TritonStartError(
                         f"tritonserver exited with code {self._process.returncode} while loading "
-                        f"{self.model_repository}; last log lines:\n{self._log_tail()}"
+                        f"{self.model_repository}; server log:\n{self._log_tail()}"
                     )
                 if time.monotonic() > deadline:
                     raise TritonStartError(
                         f"models {pending} not READY after {self.startup_timeout_seconds:.0f} s "
-                        f"(raise TritonSettings.startup_timeout_seconds); last log lines:\n"
+                        f"(raise TritonSettings.startup_timeout_seconds); server log:\n"
                         f"{self._log_tail()}"
                     )
                 with contextlib.suppress(grpc.RpcError):

@@ -77,6 +77,11 @@ class TritonTransport:
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # gRPC's default reconnect backoff grows to 120 s; a restarted Triton pod
+                # should be used again within a second, inside the client's retry budget.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self._live = self._method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
