@@ -6,9 +6,18 @@ Domain: ``gss_*`` with base units; labels are bounded (galaxy, signal, method, c
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 import gss
+from store import records
+from store.db import Write
+from store.keys import split_store_key
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -59,3 +68,47 @@ VALUES_WRITTEN = Counter(
 )
 STORE_SIZE = Gauge("gss_store_size_bytes", "SST files plus memtables of the signal store.")
 STORE_KEYS = Gauge("gss_store_values", "Estimated stored values, by galaxy.", ["galaxy"])
+
+
+class FreshnessCollector(Collector):
+    """``gss_signal_freshness_seconds{galaxy,signal}``: age, by event time, of the newest value
+    applied for each signal since start. Fed by every apply through :func:`record_apply`."""
+
+    def __init__(self) -> None:
+        self._newest_us: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def note(self, galaxy: str, signal: str, event_us: int) -> None:
+        key = (galaxy, signal)
+        with self._lock:
+            if event_us > self._newest_us.get(key, -1):
+                self._newest_us[key] = event_us
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gss_signal_freshness_seconds",
+            "Seconds between now and the event time of the newest value applied for a signal.",
+            labels=["galaxy", "signal"],
+        )
+        now_us = time.time_ns() // 1000
+        with self._lock:
+            for (galaxy, signal), event_us in sorted(self._newest_us.items()):
+                family.add_metric([galaxy, signal], max(0.0, (now_us - event_us) / 1e6))
+        yield family
+
+
+FRESHNESS = FreshnessCollector()
+REGISTRY.register(FRESHNESS)
+
+
+def record_apply(writes: Sequence[Write], applied: list[bool], key_lengths: dict[str, int]) -> None:
+    """Count applied and skipped writes per galaxy and feed the freshness gauge."""
+    counts: dict[tuple[str, str], int] = {}
+    for write, ok in zip(writes, applied, strict=True):
+        outcome = "applied" if ok else "skipped"
+        counts[(write.galaxy, outcome)] = counts.get((write.galaxy, outcome), 0) + 1
+        if ok:
+            _, name, version = split_store_key(write.key, key_lengths[write.galaxy])
+            FRESHNESS.note(write.galaxy, f"{name}@{version}", records.event_time_us(write.stored))
+    for (galaxy, outcome), n in counts.items():
+        VALUES_WRITTEN.labels(galaxy, outcome).inc(n)

@@ -140,6 +140,8 @@ def start_server(
         sync_writes=settings.store.sync_writes,
         block_cache_bytes=settings.store.block_cache_bytes,
     )
+    key_lengths = {galaxy.name: galaxy.codec.length for galaxy in registry}
+    store.on_apply = functools.partial(metrics.record_apply, key_lengths=key_lengths)
     service = SignalService(registry, store, server_settings, changelog)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gss-grpc", daemon=True)

@@ -84,7 +84,8 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
                 metrics.GALAXY_REQUEST_SECONDS.labels(method, galaxy).observe(elapsed)
                 if always_log or error or elapsed > SLOW_CALL_SECONDS:
                     request_id = (
-                        dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex
+                        dict(context.invocation_metadata() or ()).get("x-request-id")
+                        or uuid.uuid4().hex
                     )
                     emit = log.warning if error else log.info
                     emit(
@@ -181,8 +182,6 @@ class SignalService:
             raise UnavailableError(f"the store is not accepting writes: {exc}") from exc
         applied = signal_service_pb2.WRITE_OUTCOME_APPLIED
         skipped = signal_service_pb2.WRITE_OUTCOME_SKIPPED_NOT_NEWER
-        for write, ok in zip(writes, result.applied, strict=True):
-            metrics.VALUES_WRITTEN.labels(write.galaxy, "applied" if ok else "skipped").inc()
         return signal_service_pb2.PutSignalsResponse(
             outcomes=[applied if ok else skipped for ok in result.applied]
         )

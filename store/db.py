@@ -115,6 +115,8 @@ class SignalStore:
         self._write_opts.sync = sync_writes
         self._lock = threading.Lock()
         self._closed = False
+        # Called with (writes, applied flags) after every committed apply: metrics hook.
+        self.on_apply: Callable[[Sequence[Write], list[bool]], None] | None = None
         log.info(
             "store_opened",
             store_path=str(self.path),
@@ -206,6 +208,8 @@ class SignalStore:
                 batch.delete(key, meta_cf)
             if not batch.is_empty():
                 self._db.write(batch, self._write_opts)
+            if self.on_apply is not None:
+                self.on_apply(writes, applied)
             return AppliedBatch(applied)
 
     def delete_meta(self, keys: Iterable[bytes]) -> None:

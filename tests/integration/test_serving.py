@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from clients.lookup import AsyncGssClient, GssClient
 from gss.cli import main as gss_cli
@@ -150,8 +151,15 @@ def test_health_reflection_and_metrics_for_generic_tools(gss_server: GssServer) 
         names = {s.name for s in listed.list_services_response.service}
         assert {"gss.v1.SignalService", "grpc.health.v1.Health"} <= names
         assert described.file_descriptor_response.file_descriptor_proto
+
+    def written(outcome: str) -> float:
+        labels = {"galaxy": "images", "outcome": outcome}
+        return REGISTRY.get_sample_value("gss_values_written_total", labels) or 0.0
+
+    before = written("applied"), written("skipped")
     with GssClient(gss_server.address) as client:
-        client.get("images", [image_id(1)], ["dhash"])
+        client.put([dhash_record(1, 1), dhash_record(2, 2), dhash_record(2, 2)])
+        client.get("images", [image_id(3)], ["dhash"])
     body = (
         urllib.request.urlopen(f"http://127.0.0.1:{gss_server.metrics_port}/metrics", timeout=5)
         .read()
@@ -160,6 +168,9 @@ def test_health_reflection_and_metrics_for_generic_tools(gss_server: GssServer) 
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="GetSignals"' in body
     assert 'gss_lookup_cells_total{galaxy="images",status="not_found"}' in body
     assert "gss_store_size_bytes" in body
+    assert 'gss_values_written_total{galaxy="images",outcome="applied"}' in body
+    assert (written("applied") - before[0], written("skipped") - before[1]) == (2, 1)
+    assert 'gss_signal_freshness_seconds{galaxy="images",signal="dhash@1"}' in body
 
 
 def test_data_survives_a_restart(tmp_path: Path) -> None:
