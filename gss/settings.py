@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -94,22 +95,65 @@ class TritonSettings(BaseModel):
 
 
 class ComputeSettings(BaseModel):
-    """The Flink job that runs the plugins."""
+    """The Flink job that runs the plugins (docs/compute.md)."""
 
-    # "local" runs a MiniCluster in-process; "remote" submits to jobmanager_address.
-    mode: Literal["local", "remote"] = "local"
+    # "local" runs a MiniCluster in-process; "remote" submits to jobmanager_address;
+    # "application": the Flink client running the job (flink run, the Kubernetes operator's
+    # PythonDriver) provides the cluster.
+    mode: Literal["local", "remote", "application"] = "local"
+    # host:port of the JobManager's REST endpoint (remote mode).
     jobmanager_address: str | None = None
     checkpoint_interval_seconds: float = 5.0
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    # Where checkpoints go (file://, s3://, ...); None: the JobManager's memory (local only).
     checkpoint_dir: str | None = None
     parallelism: int = 1
+    # Names the Flink job; also its Kafka consumer group, the envelopes' producer
+    # ("flink:<job_name>") and the prefix of its Kafka transactional ids.
+    job_name: str = "gss-compute"
+    # Modules, packages or .py paths whose plugins the job runs.
+    plugins: list[str] = Field(default_factory=lambda: ["compute.examples"])
+    # at-least-once: values are visible at once, a restart may write some again (GSS applies
+    # them idempotently). exactly-once: Kafka transactions, values visible to read_committed
+    # consumers only after each checkpoint.
+    delivery_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    # Where a consumer group without committed offsets starts reading its topics.
+    start_from: Literal["earliest", "latest"] = "earliest"
+    # Records in flight per model-plugin operator (their model calls batch together).
+    model_concurrency: int = Field(default=64, ge=1)
+    model_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A source subtask without events for this long stops holding back the watermark.
+    idle_source_seconds: float = Field(default=10.0, gt=0)
+    # Restarts from the latest checkpoint after a failure, this many times, this far apart.
+    restart_attempts: int = Field(default=10, ge=0)
+    restart_delay_seconds: float = Field(default=2.0, ge=0)
+    # Flink's Prometheus reporter port in local mode (0: no reporter).
+    metrics_port: int = 9249
+    # The Flink Kafka connector jars (`python -m compute.flink.jars`); None: ~/.cache/gss/flink-jars.
+    jars_dir: Path | None = None
+    # Extra Flink configuration, passed as is (e.g. {"taskmanager.memory.process.size": "2g"}).
+    flink_config: dict[str, str] = Field(default_factory=dict)
 
 
 class ExportSettings(BaseModel):
-    """The daily snapshot export."""
+    """The daily snapshot export (docs/export.md)."""
 
     root: Path = Path("./gss-data/snapshots")
+    # Processes converting values; 1 converts in the exporting process itself.
     workers: int = 2
+    # Checkpoints and secondary-instance files while exporting; None: <store.path>.export.
+    # Must be on the store's file system (a checkpoint hard-links the SST files).
+    work_dir: Path | None = None
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    row_group_rows: int = 65536
+    # dt=D may be exported until D + late_days (UTC); later runs are refused, because the
+    # store holds the current state, not D's (--allow-late overrides).
+    late_days: int = 2
+    # What the DDL in each manifest names: database (schema), Trino catalog, and the URI of
+    # the root as the engines see it (e.g. s3://bucket/gss-snapshots; None: file://<root>).
+    ddl_database: str = "gss"
+    trino_catalog: str = "hive"
+    location_uri: str | None = None
 
 
 class Settings(BaseSettings):
@@ -118,7 +162,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GSS_",
         env_nested_delimiter="__",
-        secrets_dir=os.environ.get("GSS_SECRETS_DIR", "/run/secrets/gss"),
+        # Kubernetes Secret keys become files: kafka__client_config holds that field's JSON.
+        secrets_nested_delimiter="__",
         extra="forbid",
     )
 
@@ -141,10 +186,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        secrets_dir = file_secret_settings.config.get("secrets_dir")
-        if isinstance(secrets_dir, str | Path) and Path(secrets_dir).is_dir():
-            sources.append(file_secret_settings)
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            # Secret keys are field paths without the prefix: kafka__client_config.
+            NestedSecretsSettingsSource(file_secret_settings, secrets_prefix=""),
+        ]
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
@@ -155,6 +202,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
     ``overrides`` take nested dicts (``server={"port": 0}``) and win over every other source.
     """
+    secrets_dir = os.environ.get("GSS_SECRETS_DIR", "/run/secrets/gss")
+    overrides["_secrets_dir"] = secrets_dir if Path(secrets_dir).is_dir() else None
     config_file = config_file or os.environ.get("GSS_CONFIG")
     if not config_file:
         return Settings(**overrides)

@@ -1,0 +1,54 @@
+"""Settings precedence: flags > environment > secrets directory > config file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gss.settings import load_settings
+
+
+def test_precedence_of_every_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each source overrides the ones below it, field by field, nested with __."""
+    config = tmp_path / "gss.yaml"
+    config.write_text(
+        "server: {port: 1111, max_put_records: 7, metrics_port: 1}\n"
+        "kafka: {bootstrap_servers: from-file:9092}\n"
+        "store: {sync_writes: false}\n"
+    )
+    monkeypatch.setenv("GSS_SERVER__PORT", "2222")
+    monkeypatch.setenv("GSS_SERVER__METRICS_PORT", "3333")
+
+    settings = load_settings(config, server={"metrics_port": 4444})
+    assert settings.server.metrics_port == 4444  # flag beats environment
+    assert settings.server.port == 2222  # environment beats file
+    assert settings.server.max_put_records == 7  # file beats default
+    assert settings.store.sync_writes is False
+    assert settings.server.host == "127.0.0.1"  # default
+
+
+def test_secrets_directory_beats_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes Secret mounted as files overrides the YAML file."""
+    config = tmp_path / "gss.yaml"
+    config.write_text("kafka: {bootstrap_servers: from-file:9092}\n")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "kafka__bootstrap_servers").write_text("from-secret:9092")
+    (secrets / "kafka__client_config").write_text('{"sasl.password": "s3cret"}')
+    monkeypatch.setenv("GSS_SECRETS_DIR", str(secrets))
+    kafka = load_settings(config).kafka
+    assert kafka.bootstrap_servers == "from-secret:9092"
+    assert kafka.client_config == {"sasl.password": "s3cret"}
+
+
+def test_a_missing_config_file_or_unknown_field_is_an_error(tmp_path: Path) -> None:
+    """Typos fail loudly instead of being ignored."""
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    config = tmp_path / "gss.yaml"
+    config.write_text("servre: {port: 1}\n")
+    with pytest.raises(ValueError, match="servre"):
+        load_settings(config)
