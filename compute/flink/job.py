@@ -1,0 +1,319 @@
+"""The Flink job: one DataStream pipeline built from the bound plugins.
+
+    content topic ─KafkaSource─▶ key by entity ─▶ map plugins ───────────────┐
+                  └──────────▶ model plugins (async, batched Triton calls) ──┤
+                  └─▶ extract ─▶ watermarks ─▶ key by entity ─▶ windows ─────┤
+    gss.<galaxy>.changelog ─▶ join inputs (keyed by entity, TTL state) ──────┼─▶ KafkaSink
+                                  └─▶ match buckets ─▶ gather (Match joins) ─┘   (changelogs, DLQs)
+
+Every branch ends in rows ``(topic, key, value)``: a signal record for the galaxy's
+changelog or a dead letter for its DLQ, all written by one KafkaSink that picks the topic
+per row. Sources read from the job's committed offsets (consumer group = job name), else
+from ``compute.start_from``; checkpoints commit offsets and snapshot window and join state.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import Configuration, Duration, Time, Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema, RowFieldExtractorSchema
+from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
+from pyflink.datastream.async_data_stream import AsyncDataStream
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+from pyflink.datastream.window import SlidingEventTimeWindows, TumblingEventTimeWindows
+from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import get_java_class
+
+from compute.binding import Bound
+from compute.flink import operators as ops
+from compute.flink.jars import ensure_jars
+from compute.plugin import Shape, Sliding
+from gss.errors import InvalidArgumentError
+from gss.settings import Settings
+
+# Python operators hand their output to Flink at the end of a bundle: these bounds keep a
+# value's way through the job well under a second (PyFlink's defaults are 1 s / 100k).
+BUNDLE_TIME_MS = 20
+BUNDLE_SIZE = 500
+
+
+def flink_configuration(settings: Settings) -> Configuration:
+    """The Flink configuration of the job for ``settings.compute`` (docs/compute.md)."""
+    compute = settings.compute
+    conf = Configuration()
+    values: dict[str, str] = {
+        "pipeline.name": compute.job_name,
+        "parallelism.default": str(compute.parallelism),
+        "execution.checkpointing.interval": f"{int(compute.checkpoint_interval_seconds * 1000)} ms",
+        "state.backend.type": compute.state_backend,
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(compute.restart_attempts),
+        "restart-strategy.fixed-delay.delay": f"{int(compute.restart_delay_seconds * 1000)} ms",
+        "python.fn-execution.bundle.time": str(BUNDLE_TIME_MS),
+        "python.fn-execution.bundle.size": str(BUNDLE_SIZE),
+        "pipeline.auto-watermark-interval": "100 ms",
+    }
+    if compute.checkpoint_dir:
+        values["execution.checkpointing.dir"] = compute.checkpoint_dir
+    if compute.mode == "local":
+        # The connector jars travel with the job; a cluster has them in /opt/flink/lib.
+        jars = ensure_jars(compute.jars_dir)
+        values["pipeline.jars"] = ";".join(path.resolve().as_uri() for path in jars)
+        values["python.executable"] = sys.executable
+        values["python.client.executable"] = sys.executable
+        if compute.metrics_port:
+            values["metrics.reporter.prom.factory.class"] = (
+                "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+            )
+            values["metrics.reporter.prom.port"] = str(compute.metrics_port)
+    elif compute.mode == "remote":
+        if not compute.jobmanager_address or ":" not in compute.jobmanager_address:
+            raise InvalidArgumentError(
+                "compute.mode=remote needs compute.jobmanager_address as host:port of the "
+                f"JobManager's REST endpoint (GSS_COMPUTE__JOBMANAGER_ADDRESS), not {compute.jobmanager_address!r}"
+            )
+        host, _, port = compute.jobmanager_address.rpartition(":")
+        values.update({"execution.target": "remote", "rest.address": host, "rest.port": port})
+    values.update(compute.flink_config)
+    for key, value in values.items():
+        conf.set_string(key, value)
+    return conf
+
+
+def create_environment(settings: Settings) -> StreamExecutionEnvironment:
+    """A StreamExecutionEnvironment configured for ``settings.compute``.
+
+    In ``application`` mode the Flink client that runs this code (``flink run``, the
+    operator's PythonDriver) provides the cluster; the job settings still apply.
+    """
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
+    env.set_parallelism(settings.compute.parallelism)
+    env.enable_checkpointing(int(settings.compute.checkpoint_interval_seconds * 1000))
+    if settings.compute.mode == "local":
+        env.set_python_executable(sys.executable)
+    return env
+
+
+def kafka_source(settings: Settings, topic: str) -> KafkaSource:
+    """Raw record values of ``topic``, from the job's committed offsets (else start_from)."""
+    kafka = settings.kafka
+    if not kafka.bootstrap_servers:
+        raise InvalidArgumentError(
+            "the compute job needs a broker: set GSS_KAFKA__BOOTSTRAP_SERVERS"
+        )
+    # PyFlink's KafkaOffsetResetStrategy names the shaded Kafka classes of the SQL connector
+    # jar; the DataStream connector uses kafka-clients unshaded, so name the enum directly.
+    jvm = get_gateway().jvm
+    reset = KafkaOffsetsInitializer(
+        jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer.committedOffsets(
+            getattr(
+                jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy,
+                settings.compute.start_from.upper(),
+            )
+        )
+    )
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(kafka.bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(settings.compute.job_name)
+        .set_client_id_prefix(f"{settings.compute.job_name}-{topic}")
+        .set_starting_offsets(reset)
+        .set_value_only_deserializer(ByteArraySchema())
+        .set_property("partition.discovery.interval.ms", "10000")
+        .set_property("fetch.max.wait.ms", "50")
+        .set_property("commit.offsets.on.checkpoint", "true")
+    )
+    for key, value in kafka.client_config.items():
+        builder = builder.set_property(key, value)
+    return builder.build()
+
+
+def kafka_sink(settings: Settings) -> KafkaSink:
+    """One sink for every row: Row(topic, key, value), the topic chosen per row."""
+    kafka = settings.kafka
+    assert kafka.bootstrap_servers
+    jvm = get_gateway().jvm
+    serializer = (
+        KafkaRecordSerializationSchema.builder()
+        .set_key_serialization_schema(RowFieldExtractorSchema(1))
+        .set_value_serialization_schema(RowFieldExtractorSchema(2))
+    )
+    # The topic is the row's first field, picked in Java. PyFlink's own topic selector would
+    # add a Python step before the sink just to compute it.
+    serializer._j_builder.setTopicSelector(
+        jvm.org.apache.flink.python.util.PythonConnectorUtils.createFirstColumnTopicSelector(
+            get_java_class(jvm.org.apache.flink.connector.kafka.sink.TopicSelector)
+        )
+    )
+    exactly_once = settings.compute.delivery_guarantee == "exactly-once"
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(kafka.bootstrap_servers)
+        .set_delivery_guarantee(
+            DeliveryGuarantee.EXACTLY_ONCE if exactly_once else DeliveryGuarantee.AT_LEAST_ONCE
+        )
+        .set_transactional_id_prefix(settings.compute.job_name)
+        .set_property("linger.ms", "5")
+    )
+    if exactly_once:
+        builder = builder.set_property("transaction.timeout.ms", "900000")
+    for key, value in kafka.client_config.items():
+        builder = builder.set_property(key, value)
+    # Set on the Java builder directly: the Python one would re-wrap the serializers for its
+    # Python topic selector.
+    builder._j_builder.setRecordSerializer(serializer.build()._j_serialization_schema)
+    return builder.build()
+
+
+def _uid(*parts: str) -> str:
+    # Stable operator ids keep checkpoints and savepoints restorable across job versions.
+    return "gss-" + "-".join(p.replace("/", "_").replace("@", "_v") for p in parts)
+
+
+def build_pipeline(
+    env: StreamExecutionEnvironment, bounds: Sequence[Bound], settings: Settings
+) -> None:
+    """Add the whole job for ``bounds`` to ``env`` (sources, plugins, sink)."""
+    if not bounds:
+        raise InvalidArgumentError("no plugins to run: check compute.plugins")
+    rows: list[DataStream] = []
+    by_topic: dict[str, list[Bound]] = defaultdict(list)
+    joins_by_topic: dict[str, list[Bound]] = defaultdict(list)
+    for bound in bounds:
+        target = joins_by_topic if bound.plugin.join is not None else by_topic
+        target[bound.input_topic].append(bound)
+    for topic in sorted(set(by_topic) | set(joins_by_topic)):
+        raw = env.from_source(
+            kafka_source(settings, topic), WatermarkStrategy.no_watermarks(), f"source {topic}"
+        ).uid(_uid("source", topic))
+        group = by_topic.get(topic, [])
+        rows.extend(_content_branches(raw, topic, group, settings))
+        if joins_by_topic.get(topic):
+            rows.extend(_join_branches(raw, topic, joins_by_topic[topic]))
+    sink_input = rows[0].union(*rows[1:]) if len(rows) > 1 else rows[0]
+    sink_input.sink_to(kafka_sink(settings)).name("changelogs and dead letters").uid(_uid("sink"))
+
+
+def _content_branches(
+    raw: DataStream, topic: str, group: list[Bound], settings: Settings
+) -> list[DataStream]:
+    rows: list[DataStream] = []
+    maps = [b for b in group if b.plugin.shape is Shape.MAP and b.plugin.model is None]
+    if maps:
+        rows.append(
+            raw.key_by(ops.EntityOf(maps[0]), key_type=Types.PICKLED_BYTE_ARRAY())
+            .process(ops.RunMaps(maps), output_type=ops.SINK_ROW)
+            .name(f"map plugins of {topic}")
+            .uid(_uid("maps", topic))
+        )
+    for bound in (b for b in group if b.plugin.model is not None):
+        rows.append(
+            AsyncDataStream.ordered_wait(
+                raw,
+                ops.RunModel(bound, settings.triton.url),
+                Time.milliseconds(int(settings.compute.model_timeout_seconds * 1000)),
+                settings.compute.model_concurrency,
+                ops.SINK_ROW,
+            )
+            .name(f"model plugin {bound.ref}")
+            .uid(_uid("model", bound.ref))
+        )
+    for bound in (b for b in group if b.plugin.shape is Shape.GROUP_BY):
+        rows.extend(_group_by(raw, bound, settings))
+    return rows
+
+
+def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStream]:
+    plugin = bound.plugin
+    assert plugin.group_by is not None
+    assert plugin.source is not None
+    group_by = plugin.group_by
+    extracted = (
+        raw.process(ops.Extract(bound)).name(f"extract {bound.ref}").uid(_uid("extract", bound.ref))
+    )
+    watermarks = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(int(plugin.source.max_out_of_orderness.total_seconds() * 1000))
+        )
+        .with_idleness(Duration.of_millis(int(settings.compute.idle_source_seconds * 1000)))
+        .with_timestamp_assigner(ops.ItemTime())
+    )
+    size = Time.milliseconds(int(group_by.window.size.total_seconds() * 1000))
+    assigner: Any = (
+        SlidingEventTimeWindows.of(
+            size, Time.milliseconds(int(group_by.window.slide.total_seconds() * 1000))
+        )
+        if isinstance(group_by.window, Sliding)
+        else TumblingEventTimeWindows.of(size)
+    )
+    late_tag = OutputTag(f"late-{bound.ref}", Types.PICKLED_BYTE_ARRAY())
+    values = (
+        extracted.assign_timestamps_and_watermarks(watermarks)
+        .filter(lambda item: item.extracted is not None)
+        .key_by(lambda item: item.entity, key_type=Types.PICKLED_BYTE_ARRAY())
+        .window(assigner)
+        .allowed_lateness(int(group_by.allowed_lateness.total_seconds() * 1000))
+        .side_output_late_data(late_tag)
+        .aggregate(
+            ops.WindowAggregate(bound),
+            ops.WindowValue(bound),
+            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=ops.SINK_ROW,
+        )
+        .name(f"windows of {bound.ref}")
+        .uid(_uid("window", bound.ref))
+    )
+    late = values.get_side_output(late_tag).map(ops.LateEvent(bound), output_type=ops.SINK_ROW)
+    dead = extracted.get_side_output(ops.SINK_TAG)
+    return [values, late, dead]
+
+
+def _join_branches(raw: DataStream, topic: str, joins: list[Bound]) -> list[DataStream]:
+    joined = (
+        raw.process(ops.JoinUpdates(joins))
+        .name(f"join inputs from {topic}")
+        .key_by(lambda item: (item[0], item[1].entity), key_type=Types.PICKLED_BYTE_ARRAY())
+        .process(ops.JoinInputs(joins), output_type=ops.SINK_ROW)
+        .name(f"joins on {topic}")
+        .uid(_uid("join", topic))
+    )
+    rows = [joined]
+    if any(b.plugin.shape is Shape.MATCH for b in joins):
+        gathered = (
+            joined.get_side_output(ops.MATCH_TAG)
+            .key_by(lambda item: (item.index, item.key), key_type=Types.PICKLED_BYTE_ARRAY())
+            .process(ops.MatchBucket(joins))
+            .name("match buckets")
+            .uid(_uid("match-bucket", topic))
+            .key_by(lambda item: (item.index, item.entity), key_type=Types.PICKLED_BYTE_ARRAY())
+            .process(ops.MatchGather(joins), output_type=ops.SINK_ROW)
+            .name("match gather")
+            .uid(_uid("match-gather", topic))
+        )
+        rows.append(gathered)
+    return rows
+
+
+def plugin_jobs_summary(bounds: Sequence[Bound]) -> list[str]:
+    """One line per plugin: what reads what and writes where (for logs and the CLI)."""
+    return [
+        f"{b.ref} ({b.plugin.shape}{', model ' + b.plugin.model if b.plugin.model else ''}): "
+        f"{b.input_topic} -> {b.changelog_topic}"
+        for b in bounds
+    ]
+
+
+def jars_present(settings: Settings) -> list[Path]:
+    return ensure_jars(settings.compute.jars_dir)

@@ -1,0 +1,411 @@
+"""The Python functions the Flink job runs: thin shells around :mod:`compute.runtime`.
+
+Each function holds the :class:`~compute.binding.Bound` plugins it serves (pickled into the
+job) and turns elements into *sink rows* ``Row(topic, key, value)`` for the one KafkaSink,
+or into intermediate items for the next keyed step. Counters go to Flink's metric system
+under the group ``signal=<galaxy/name@version>`` (docs/compute.md lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyflink.common import Row, Time, Types
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import (
+    AggregateFunction,
+    KeyedProcessFunction,
+    ProcessFunction,
+    ProcessWindowFunction,
+    RuntimeContext,
+)
+from pyflink.datastream.functions import AsyncFunction, KeySelector, MapFunction
+from pyflink.datastream.output_tag import OutputTag
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+
+from compute import runtime
+from compute.binding import Bound
+from compute.plugin import Inputs, Shape
+from compute.runtime import SinkRow
+
+# Row(topic, key, value): what the KafkaSink takes (see compute.flink.job.kafka_sink).
+SINK_ROW = Types.ROW(
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+)
+# Rows that leave an operator beside its main output (dead letters of a pre-processing step).
+SINK_TAG = OutputTag("gss-sink-rows", SINK_ROW)
+# Match items for the bucket step of Match joins.
+MATCH_TAG = OutputTag("gss-match-items", Types.PICKLED_BYTE_ARRAY())
+
+
+def sink_row(row: SinkRow) -> Row:
+    return Row(row[0], row[1], row[2])
+
+
+class Tallies:
+    """Flink counters of each plugin, created on first use: ``tallies.of(bound)(name, n)``."""
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self._group = context.get_metrics_group()
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def of(self, bound: Bound) -> runtime.Tally:
+        def tally(name: str, amount: int) -> None:
+            counter = self._counters.get((bound.ref, name))
+            if counter is None:
+                counter = self._group.add_group("signal", bound.ref).counter(name)
+                self._counters[(bound.ref, name)] = counter
+            counter.inc(amount)
+
+        return tally
+
+
+# ---- map plugins -------------------------------------------------------------------------
+
+
+class EntityOf(KeySelector):  # type: ignore[misc]
+    """Keys a content record by its entity (b"" if it does not decode: the plugin dead-letters it)."""
+
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+
+    def get_key(self, value: bytes) -> bytes:
+        try:
+            return runtime.decode_event(self.bound, value).entity
+        except runtime.BadInput:
+            return b""
+
+
+class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
+    """Every map plugin of one topic over each record of its entity."""
+
+    def __init__(self, bounds: list[Bound]) -> None:
+        self.bounds = bounds
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+
+    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+        payload = bytes(value)
+        for bound in self.bounds:
+            for row in runtime.run_map(bound, payload, self.tallies.of(bound)):
+                yield sink_row(row)
+
+
+class RunModel(AsyncFunction):  # type: ignore[misc]
+    """One model plugin; many records in flight, so their model calls share Triton batches."""
+
+    def __init__(self, bound: Bound, triton_url: str | None) -> None:
+        self.bound = bound
+        self.triton_url = triton_url
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from compute.inference import connect
+
+        self.tallies = Tallies(runtime_context)
+        self.client = connect(self.triton_url)
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None and hasattr(client, "close"):
+            client.close()
+
+    async def async_invoke(self, value: bytes) -> list[Row]:
+        rows = await runtime.run_model(
+            self.bound, bytes(value), self.client, self.tallies.of(self.bound)
+        )
+        return [sink_row(row) for row in rows]
+
+    def timeout(self, value: bytes) -> list[Row]:
+        tally = self.tallies.of(self.bound)
+        tally(runtime.DEAD_LETTERS, 1)
+        error = TimeoutError(f"{self.bound.ref}: no answer within the model timeout")
+        row = runtime.dead_letter(
+            self.bound,
+            runtime.Reason.PLUGIN_ERROR,
+            entity=None,
+            payload=bytes(value),
+            event_ms=None,
+            error=error,
+            attempts=1,
+        )
+        return [sink_row(row)]
+
+
+# ---- group-by ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A group-by's event after its per-event step: entity, event time, extracted value."""
+
+    entity: bytes
+    event_ms: int
+    extracted: Any
+    payload: bytes
+
+
+class Extract(ProcessFunction):  # type: ignore[misc]
+    """A group-by's per-event step; failures leave as dead letters on SINK_TAG."""
+
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        payload = bytes(value)
+        event, extracted, rows = runtime.extract(self.bound, payload, self.tallies.of(self.bound))
+        for row in rows:
+            yield SINK_TAG, sink_row(row)
+        if event is not None and not rows:
+            # Items with nothing to add still move the watermark; they are dropped after it.
+            yield Item(event.entity, event.event_ms, extracted, payload)
+
+
+class ItemTime(TimestampAssigner):  # type: ignore[misc]
+    def extract_timestamp(self, value: Item, record_timestamp: int) -> int:
+        return value.event_ms
+
+
+class WindowAggregate(AggregateFunction):  # type: ignore[misc]
+    def __init__(self, bound: Bound) -> None:
+        assert bound.plugin.group_by is not None
+        self.aggregation = bound.plugin.group_by.aggregate
+
+    def create_accumulator(self) -> Any:
+        return self.aggregation.zero()
+
+    def add(self, value: Item, accumulator: Any) -> Any:
+        return self.aggregation.add(accumulator, value.extracted)
+
+    def get_result(self, accumulator: Any) -> Any:
+        return accumulator
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return self.aggregation.merge(a, b)
+
+
+class WindowValue(ProcessWindowFunction):  # type: ignore[misc]
+    """Turns a window's aggregate into the signal's value (or a dead letter)."""
+
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+
+    def process(
+        self, key: bytes, context: ProcessWindowFunction.Context, elements: Iterable[Any]
+    ) -> Iterator[Row]:
+        window = context.window()
+        for aggregate in elements:
+            rows = runtime.window_result(
+                self.bound,
+                bytes(key),
+                aggregate,
+                window.start,
+                window.end,
+                self.tallies.of(self.bound),
+            )
+            for row in rows:
+                yield sink_row(row)
+
+
+class LateEvent(MapFunction):  # type: ignore[misc]
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+
+    def map(self, value: Item) -> Row:
+        event = runtime.Event(value.entity, value.event_ms, None)  # type: ignore[arg-type]
+        return sink_row(
+            runtime.too_late(self.bound, event, value.payload, self.tallies.of(self.bound))
+        )
+
+
+# ---- joins -------------------------------------------------------------------------------
+
+
+class JoinUpdates(ProcessFunction):  # type: ignore[misc]
+    """Changelog records -> (join index, JoinUpdate) for each join that reads them."""
+
+    def __init__(self, bounds: list[Bound]) -> None:
+        self.bounds = bounds
+
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        yield from runtime.join_updates(self.bounds, bytes(value))
+
+
+def _ttl(bound: Bound) -> StateTtlConfig:
+    assert bound.plugin.join is not None
+    seconds = max(1, int(bound.plugin.join.ttl.total_seconds()))
+    return (
+        StateTtlConfig.new_builder(Time.seconds(seconds))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .build()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MatchItem:
+    """An entity's complete inputs on their way to one of its match keys' buckets."""
+
+    index: int
+    key: Any
+    entity: bytes
+    round: str
+    keys: int
+    inputs: Inputs
+
+
+class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by (join index, entity): the latest value of each input, kept for the join's TTL.
+
+    A Join's function runs here when all inputs are present; a Match's complete inputs go
+    on (MATCH_TAG) to each of the entity's match keys.
+    """
+
+    def __init__(self, bounds: list[Bound]) -> None:
+        self.bounds = bounds
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+        self.states = []
+        for index, bound in enumerate(self.bounds):
+            descriptor = MapStateDescriptor(
+                f"join-inputs-{index}", Types.STRING(), Types.PICKLED_BYTE_ARRAY()
+            )
+            descriptor.enable_time_to_live(_ttl(bound))
+            self.states.append(runtime_context.get_map_state(descriptor))
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        index, update = value
+        bound = self.bounds[index]
+        tally = self.tallies.of(bound)
+        tally(runtime.INPUTS, 1)
+        state = self.states[index]
+        held = state.get(update.key)
+        if held is not None and held[1] > update.event_ms:
+            return  # an older value of this input: the newer one stays
+        state.put(update.key, (update.value, update.event_ms))
+        current = {key: state.get(key) for key in state}
+        inputs = runtime.join_inputs(bound, update.entity, current)
+        if inputs is None:
+            return
+        if bound.plugin.shape is Shape.JOIN:
+            for row in runtime.run_join(bound, update.entity, inputs, tally):
+                yield sink_row(row)
+            return
+        keys, dead = runtime.match_keys(bound, update.entity, inputs, tally)
+        for row in dead:
+            yield sink_row(row)
+        # Identifies this version of the inputs, so the gather step never mixes two versions.
+        round_id = hashlib.sha1(repr(sorted(current.items())).encode()).hexdigest()
+        for key in keys:
+            yield MATCH_TAG, MatchItem(index, key, update.entity, round_id, len(keys), inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """One bucket's report for an entity's round: the other entities under that key."""
+
+    index: int
+    entity: bytes
+    round: str
+    keys: int
+    inputs: Inputs
+    peers: tuple[Inputs, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LatePeer:
+    """An entity with an earlier event time appeared under a key ``entity`` is in."""
+
+    index: int
+    entity: bytes
+    peer: Inputs
+
+
+class MatchBucket(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by (join index, match key): the entities seen under the key within the TTL.
+
+    Reports each arriving entity's peers to its gather step, and tells every member with a
+    later event time about the newcomer (it may now match something earlier than before).
+    """
+
+    def __init__(self, bounds: list[Bound]) -> None:
+        self.bounds = bounds
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.states = []
+        for index, bound in enumerate(self.bounds):
+            descriptor = MapStateDescriptor(
+                f"match-bucket-{index}", Types.PICKLED_BYTE_ARRAY(), Types.PICKLED_BYTE_ARRAY()
+            )
+            descriptor.enable_time_to_live(_ttl(bound))
+            self.states.append(runtime_context.get_map_state(descriptor))
+
+    def process_element(self, value: MatchItem, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        bucket = self.states[value.index]
+        members = [(entity, inputs) for entity, inputs in bucket.items() if entity != value.entity]
+        bucket.put(value.entity, value.inputs)
+        yield Peers(
+            value.index,
+            value.entity,
+            value.round,
+            value.keys,
+            value.inputs,
+            tuple(inputs for _, inputs in members),
+        )
+        for entity, inputs in members:
+            if inputs.event_time > value.inputs.event_time:
+                yield LatePeer(value.index, entity, value.inputs)
+
+
+class MatchGather(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by (join index, entity): runs a Match's function once every key has reported.
+
+    Keeps the entity's inputs and peers (for the join's TTL) so a late peer re-runs it.
+    """
+
+    def __init__(self, bounds: list[Bound]) -> None:
+        self.bounds = bounds
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+        self.states = []
+        for index, bound in enumerate(self.bounds):
+            descriptor = ValueStateDescriptor(f"match-gather-{index}", Types.PICKLED_BYTE_ARRAY())
+            descriptor.enable_time_to_live(_ttl(bound))
+            self.states.append(runtime_context.get_state(descriptor))
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+        state = self.states[value.index]
+        gathered: runtime.Gathered = state.value() or runtime.Gathered()
+        bound = self.bounds[value.index]
+        if isinstance(value, LatePeer):
+            rows = runtime.late_peer(
+                bound, value.entity, gathered, value.peer, self.tallies.of(bound)
+            )
+        else:
+            rows = runtime.gather_report(
+                bound,
+                value.entity,
+                gathered,
+                value.round,
+                value.keys,
+                value.inputs,
+                value.peers,
+                self.tallies.of(bound),
+            )
+        state.update(gathered)
+        for row in rows:
+            yield sink_row(row)

@@ -1,0 +1,185 @@
+"""Starting and stopping the compute job.
+
+In-process, until stopped (a local MiniCluster, or a submission to a remote cluster)::
+
+    with ComputeJob(settings) as job:      # plugins from settings.compute.plugins
+        job.wait(stop_event)               # or do other things; leaving the block cancels it
+
+As a command: ``gss compute run`` (same thing, until Ctrl-C), ``python -m compute.flink``
+(what ``flink run -pym compute.flink`` and the Kubernetes operator's PythonDriver run:
+build the job and block in ``env.execute``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from compute.binding import Bound, bind
+from compute.loader import load_plugins
+from compute.plugin import Plugin
+from gss.errors import InvalidArgumentError, UnavailableError
+from gss.registry import Registry, load_registry
+from gss.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_TERMINAL = {"FINISHED", "CANCELED", "FAILED"}
+
+
+def bound_plugins(
+    settings: Settings, plugins: Sequence[Plugin] | None = None, registry: Registry | None = None
+) -> list[Bound]:
+    """The plugins the job runs (``settings.compute.plugins`` unless given), checked."""
+    registry = registry or load_registry(settings.registry_path)
+    chosen = list(plugins) if plugins is not None else load_plugins(settings.compute.plugins)
+    return bind(chosen, registry, settings)
+
+
+def ensure_topics(
+    settings: Settings,
+    bounds: Sequence[Bound],
+    registry: Registry | None = None,
+    timeout_seconds: float = 30.0,
+) -> None:
+    """Create the topics the job reads and writes, if missing.
+
+    Content topics and each galaxy's changelog and DLQ get the galaxy's partition count;
+    existing topics are left as they are. The sources only see topics that exist when they
+    look (then every 10 s), so the job creates them before it starts.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    registry = registry or load_registry(settings.registry_path)
+    wanted: dict[str, int] = {}
+    for bound in bounds:
+        partitions = registry.galaxy(bound.galaxy).partitions
+        for topic in (bound.input_topic, bound.changelog_topic, bound.dlq_topic):
+            wanted[topic] = max(wanted.get(topic, 1), partitions)
+    if not settings.kafka.bootstrap_servers:
+        raise InvalidArgumentError("no broker: set GSS_KAFKA__BOOTSTRAP_SERVERS")
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.client_config}
+    )
+    existing = set(admin.list_topics(timeout=timeout_seconds).topics)
+    missing = [NewTopic(t, n, 1) for t, n in sorted(wanted.items()) if t not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, request_timeout=timeout_seconds).items():
+        try:
+            future.result(timeout=timeout_seconds)
+            log.info("topic_created", topic=topic)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise UnavailableError(f"cannot create topic {topic}: {exc}") from exc
+
+
+class ComputeJob:
+    """The compute job on Flink (MiniCluster or remote), from start until stopped.
+
+    ``start()`` returns once the job is submitted (a local MiniCluster takes a few seconds
+    more to read its first records); ``stop()`` cancels it. A context manager does both.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Sequence[Plugin] | None = None,
+        *,
+        registry: Registry | None = None,
+        create_topics: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or load_registry(settings.registry_path)
+        self.bounds = bound_plugins(settings, plugins, self.registry)
+        self.create_topics = create_topics
+        self._client: Any = None
+
+    @property
+    def job_id(self) -> str | None:
+        return str(self._client.get_job_id()) if self._client is not None else None
+
+    def start(self) -> ComputeJob:
+        from compute.flink.job import build_pipeline, create_environment, plugin_jobs_summary
+
+        if self.create_topics:
+            ensure_topics(self.settings, self.bounds, self.registry)
+        started = time.monotonic()
+        env = create_environment(self.settings)
+        build_pipeline(env, self.bounds, self.settings)
+        self._client = env.execute_async(self.settings.compute.job_name)
+        log.info(
+            "compute_job_started",
+            job_id=self.job_id,
+            mode=self.settings.compute.mode,
+            plugins=plugin_jobs_summary(self.bounds),
+            startup_seconds=round(time.monotonic() - started, 3),
+        )
+        return self
+
+    def status(self) -> str:
+        """Flink's job status name (RUNNING, FAILED, ...), or NOT_STARTED."""
+        if self._client is None:
+            return "NOT_STARTED"
+        return str(self._client.get_job_status().result()).rsplit(".", 1)[-1]
+
+    def wait(
+        self, stop: threading.Event | None = None, timeout_seconds: float | None = None
+    ) -> str:
+        """Block until the job ends, ``stop`` is set or the timeout passes; the last status."""
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        status = self.status()
+        while status not in _TERMINAL:
+            if (stop is not None and stop.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                break
+            (stop or threading.Event()).wait(1.0)
+            status = self.status()
+        return status
+
+    def stop(self, timeout_seconds: float = 30.0) -> None:
+        """Cancel the job (idempotent). Values already written stay; offsets resume from the
+        last checkpoint when a job with the same name starts again."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.cancel().result()
+            log.info("compute_job_stopped", job_id=str(client.get_job_id()))
+        except Exception as exc:  # already finished or failed: nothing left to cancel
+            log.info("compute_job_stop_skipped", error=str(exc)[:300])
+
+    def __enter__(self) -> ComputeJob:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def execute(settings: Settings) -> None:
+    """Build the job and run it in the calling Flink client until it ends (blocking).
+
+    What ``python -m compute.flink`` does: under ``flink run`` or the operator's
+    PythonDriver the client submits it to its cluster; alone it runs a MiniCluster.
+    """
+    from compute.flink.job import build_pipeline, create_environment, plugin_jobs_summary
+
+    registry = load_registry(settings.registry_path)
+    bounds = bound_plugins(settings, None, registry)
+    if settings.kafka.bootstrap_servers:
+        ensure_topics(settings, bounds, registry)
+    env = create_environment(settings)
+    build_pipeline(env, bounds, settings)
+    log.info("compute_job_submitting", plugins=plugin_jobs_summary(bounds))
+    env.execute(settings.compute.job_name)

@@ -1,0 +1,332 @@
+"""Run plugins in-process over events, without Flink or Kafka: the signal developer's test bed.
+
+    harness = LocalHarness([dominant_colors, dhash])
+    harness.send("content.images", image_event)     # -> the outputs it caused
+    harness.latest("images", image_id, "dhash@1")   # -> the DHash value written
+    harness.close()                                 # end of input: closes open windows
+
+It applies the same rules as the Flink job (the shared :mod:`compute.runtime`): decoding,
+retries and dead letters, the records written, event-time windows with watermarks and
+allowed lateness, joins fed by the values other plugins write. Two differences, both
+making the harness the stricter of the two: the watermark moves after every event (Flink
+emits it periodically, so an event Flink still counts on time may be late here), and
+retries do not sleep. ``gss signal test`` and the ``signal_harness`` pytest fixture
+(:mod:`compute.testing`) are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from compute import runtime
+from compute.binding import Bound, bind
+from compute.inference import Submitter
+from compute.plugin import Inputs, Plugin, Shape
+from compute.runtime import SinkRow
+from gss.errors import InvalidArgumentError
+from gss.registry import Registry, load_registry
+from gss.settings import Settings, load_settings
+from gss.v1 import compute_pb2, envelope_pb2
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record a run wrote: a signal record to a changelog, or a dead letter."""
+
+    topic: str
+    key: bytes
+    record: envelope_pb2.SignalRecord | None = None
+    dead_letter: compute_pb2.DeadLetter | None = None
+
+
+@dataclass
+class _Window:
+    aggregate: Any
+    fired: bool = False
+
+
+class LocalHarness:
+    """Plugins run in-process over events sent one at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        plugins: Sequence[Plugin],
+        *,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        models: Submitter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.registry = registry or load_registry(self.settings.registry_path)
+        self.bounds = bind(plugins, self.registry, self.settings)
+        self.models = models
+        self.clock = clock
+        self.outputs: list[Output] = []
+        self.metrics: Counter[tuple[str, str]] = Counter()
+        self._by_topic: dict[str, list[Bound]] = defaultdict(list)
+        self._joins: list[Bound] = [b for b in self.bounds if b.plugin.join is not None]
+        for bound in self.bounds:
+            if bound.plugin.join is None:
+                self._by_topic[bound.input_topic].append(bound)
+        self._max_ts: dict[int, int] = {}
+        self._windows: dict[int, dict[tuple[bytes, int], _Window]] = defaultdict(dict)
+        self._join_state: dict[tuple[int, bytes], dict[str, tuple[bytes, int, float]]] = {}
+        self._buckets: dict[tuple[int, Any], dict[bytes, tuple[Inputs, float]]] = defaultdict(dict)
+        self._gathered: dict[tuple[int, bytes], runtime.Gathered] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- input ---------------------------------------------------------------------------
+
+    @property
+    def topics(self) -> list[str]:
+        """The content topics the plugins read (joins read changelogs and need no input)."""
+        return sorted(self._by_topic)
+
+    def send(self, topic: str, event: Message | bytes) -> list[Output]:
+        """Process one content event (or changelog record) and return what it caused."""
+        payload = event if isinstance(event, bytes) else event.SerializeToString()
+        start = len(self.outputs)
+        bounds = self._by_topic.get(topic)
+        is_changelog = any(b.input_topic == topic for b in self._joins)
+        if not bounds and not is_changelog:
+            raise InvalidArgumentError(
+                f"no plugin reads topic {topic!r}; these do: {', '.join(self.topics) or 'none'}"
+            )
+        rows: list[SinkRow] = []
+        for bound in bounds or ():
+            rows.extend(self._process(bound, payload))
+        if is_changelog:
+            rows.extend(self._feed_joins(payload))
+        self._emit(rows)
+        return self.outputs[start:]
+
+    def send_all(self, events: Iterable[tuple[str, Message | bytes]]) -> list[Output]:
+        start = len(self.outputs)
+        for topic, event in events:
+            self.send(topic, event)
+        return self.outputs[start:]
+
+    def close(self) -> list[Output]:
+        """End of input: every open window fires, as when a bounded Flink source ends."""
+        start = len(self.outputs)
+        for index, bound in enumerate(self.bounds):
+            if bound.plugin.shape is Shape.GROUP_BY:
+                self._emit(self._advance(index, bound, 2**62))
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+        return self.outputs[start:]
+
+    # -- results -------------------------------------------------------------------------
+
+    @property
+    def records(self) -> list[envelope_pb2.SignalRecord]:
+        """Every signal record written, in order."""
+        return [o.record for o in self.outputs if o.record is not None]
+
+    @property
+    def dead_letters(self) -> list[compute_pb2.DeadLetter]:
+        return [o.dead_letter for o in self.outputs if o.dead_letter is not None]
+
+    def values(self, galaxy: str, entity_id: str | int | bytes, signal: str) -> list[Message]:
+        """Every value written for one entity's signal (``"name@version"``), in order."""
+        codec = self.registry.galaxy(galaxy).codec
+        text = codec.canonical_text(entity_id)
+        name, _, version = signal.partition("@")
+        spec = self.registry.galaxy(galaxy).signal(name, int(version or 0))
+        return [
+            spec.unpack(r.value)
+            for r in self.records
+            if r.galaxy == galaxy
+            and r.entity_id == text
+            and r.signal.name == spec.name
+            and r.signal.version == spec.version
+        ]
+
+    def latest(self, galaxy: str, entity_id: str | int | bytes, signal: str) -> Message | None:
+        """The value GSS would serve: the newest by event time, then by write order."""
+        codec = self.registry.galaxy(galaxy).codec
+        text = codec.canonical_text(entity_id)
+        name, _, version = signal.partition("@")
+        spec = self.registry.galaxy(galaxy).signal(name, int(version or 0))
+        best: tuple[int, int] | None = None
+        value = None
+        for position, r in enumerate(self.records):
+            if (r.galaxy, r.entity_id, r.signal.name, r.signal.version) != (
+                galaxy,
+                text,
+                spec.name,
+                spec.version,
+            ):
+                continue
+            order = (runtime.ms_of(r.envelope.event_time), position)
+            if best is None or order > best:
+                best, value = order, r
+        return spec.unpack(value.value) if value is not None else None
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _tally(self, bound: Bound) -> runtime.Tally:
+        def tally(name: str, amount: int) -> None:
+            self.metrics[(bound.ref, name)] += amount
+
+        return tally
+
+    def _emit(self, rows: list[SinkRow]) -> None:
+        pending = list(rows)
+        while pending:
+            topic, key, value = pending.pop(0)
+            if any(b.dlq_topic == topic for b in self.bounds):
+                self.outputs.append(
+                    Output(topic, key, dead_letter=compute_pb2.DeadLetter.FromString(value))
+                )
+                continue
+            self.outputs.append(
+                Output(topic, key, record=envelope_pb2.SignalRecord.FromString(value))
+            )
+            if any(b.input_topic == topic for b in self._joins):
+                pending.extend(self._feed_joins(value))
+
+    def _process(self, bound: Bound, payload: bytes) -> list[SinkRow]:
+        tally = self._tally(bound)
+        plugin = bound.plugin
+        if plugin.shape is Shape.MAP and plugin.model is None:
+            return runtime.run_map(bound, payload, tally)
+        if plugin.shape is Shape.MAP:
+            if self.models is None:
+                raise InvalidArgumentError(
+                    f"{bound.ref} calls model {plugin.model!r}: pass models=<a model client> "
+                    "(compute.inference.connect(url) for a Triton server)"
+                )
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(
+                runtime.run_model(bound, payload, self.models, tally)
+            )
+        return self._group(bound, payload, tally)
+
+    def _group(self, bound: Bound, payload: bytes, tally: runtime.Tally) -> list[SinkRow]:
+        index = self.bounds.index(bound)
+        event, extracted, rows = runtime.extract(bound, payload, tally)
+        if event is None:
+            return rows
+        group_by = bound.plugin.group_by
+        source = bound.plugin.source
+        assert group_by is not None
+        assert source is not None
+        size = _ms(group_by.window.size)
+        lateness = _ms(group_by.allowed_lateness)
+        watermark = self._watermark(index, bound)
+        if extracted is not None and not rows:
+            windows = self._windows[index]
+            starts = runtime.window_starts(group_by.window, event.event_ms)
+            live = [s for s in starts if s + size - 1 + lateness > watermark]
+            if not live:
+                rows.append(runtime.too_late(bound, event, payload, tally))
+            for start in live:
+                window = windows.get((event.entity, start))
+                if window is None:
+                    window = windows[(event.entity, start)] = _Window(group_by.aggregate.zero())
+                window.aggregate = group_by.aggregate.add(window.aggregate, extracted)
+                if window.fired:  # a late event within allowed lateness: fire again
+                    rows.extend(
+                        runtime.window_result(
+                            bound, event.entity, window.aggregate, start, start + size, tally
+                        )
+                    )
+        self._max_ts[index] = max(self._max_ts.get(index, event.event_ms), event.event_ms)
+        rows.extend(self._advance(index, bound, self._watermark(index, bound)))
+        return rows
+
+    def _watermark(self, index: int, bound: Bound) -> int:
+        source = bound.plugin.source
+        assert source is not None
+        if index not in self._max_ts:
+            return -(2**62)
+        # Flink's bounded-out-of-orderness generator: newest timestamp - bound - 1 ms.
+        return self._max_ts[index] - _ms(source.max_out_of_orderness) - 1
+
+    def _advance(self, index: int, bound: Bound, watermark: int) -> list[SinkRow]:
+        group_by = bound.plugin.group_by
+        assert group_by is not None
+        size = _ms(group_by.window.size)
+        lateness = _ms(group_by.allowed_lateness)
+        rows: list[SinkRow] = []
+        windows = self._windows[index]
+        for (entity, start), window in sorted(windows.items(), key=lambda kv: kv[0][1]):
+            if not window.fired and start + size - 1 <= watermark:
+                window.fired = True
+                rows.extend(
+                    runtime.window_result(
+                        bound, entity, window.aggregate, start, start + size, self._tally(bound)
+                    )
+                )
+        for key in [k for k in windows if k[1] + size - 1 + lateness <= watermark]:
+            del windows[key]
+        return rows
+
+    def _feed_joins(self, payload: bytes) -> list[SinkRow]:
+        rows: list[SinkRow] = []
+        for index, update in runtime.join_updates(self._joins, payload):
+            bound = self._joins[index]
+            tally = self._tally(bound)
+            tally(runtime.INPUTS, 1)
+            join = bound.plugin.join
+            assert join is not None
+            now = self.clock()
+            ttl = join.ttl.total_seconds()
+            state = self._join_state.setdefault((index, update.entity), {})
+            for key in [k for k, (_, _, at) in state.items() if now - at >= ttl]:
+                del state[key]
+            held = state.get(update.key)
+            if held is not None and held[1] > update.event_ms:
+                continue  # an older value of this input: the newer one stays
+            state[update.key] = (update.value, update.event_ms, now)
+            inputs = runtime.join_inputs(
+                bound, update.entity, {k: (v, ms) for k, (v, ms, _) in state.items()}
+            )
+            if inputs is None:
+                continue
+            if bound.plugin.shape is Shape.JOIN:
+                rows.extend(runtime.run_join(bound, update.entity, inputs, tally))
+                continue
+            keys, dead = runtime.match_keys(bound, update.entity, inputs, tally)
+            rows.extend(dead)
+            if not keys:
+                continue
+            peers: dict[str, Inputs] = {}
+            late: dict[bytes, Inputs] = {}
+            for key in keys:
+                bucket = self._buckets[(index, key)]
+                for entity in [e for e, (_, at) in bucket.items() if now - at >= ttl]:
+                    del bucket[entity]
+                for entity, (peer, _) in bucket.items():
+                    if entity != update.entity:
+                        peers[peer.entity_id] = peer
+                        if peer.event_time > inputs.event_time:
+                            late[entity] = peer
+                bucket[update.entity] = (inputs, now)
+            gathered = self._gathered.setdefault((index, update.entity), runtime.Gathered())
+            # All keys report at once here; Flink gathers one report per key.
+            rows.extend(
+                runtime.gather_report(
+                    bound, update.entity, gathered, "", 1, inputs, list(peers.values()), tally
+                )
+            )
+            for entity in late:
+                other = self._gathered.get((index, entity))
+                if other is not None:
+                    rows.extend(runtime.late_peer(bound, entity, other, inputs, tally))
+        return rows
+
+
+def _ms(delta: Any) -> int:
+    return int(delta.total_seconds() * 1000)
