@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
 from compute.triton.client import (
@@ -20,6 +22,7 @@ from compute.triton.client import (
 )
 from compute.triton.inputs import image_tensor
 from compute.triton.server import LocalTriton
+from gss.cli import main
 from gss.settings import TritonSettings
 from tests.triton_reference import (
     load_safety_weights,
@@ -145,3 +148,12 @@ def test_triton_serves_its_own_prometheus_metrics(triton: LocalTriton, client: M
     with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
         text = response.read().decode()
     assert 'nv_inference_count{model="image_embedding",version="1"}' in text
+
+
+def test_cli_check_calls_every_model_on_an_endpoint(triton: LocalTriton) -> None:
+    """`gss models check --url` calls each repository model once and reports its version."""
+    result = CliRunner().invoke(main, ["models", "check", "--url", triton.grpc_url, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert {row["model_name"] for row in rows} == {"image_embedding", "safety_classifier"}
+    assert all(row["ok"] and row["model_version"] == "1" for row in rows)

@@ -202,7 +202,6 @@ def test_deadline_exceeded_is_not_retried() -> None:
     [
         (grpc.StatusCode.INVALID_ARGUMENT, ModelInputError),
         (grpc.StatusCode.INTERNAL, ModelExecutionError),
-        (grpc.StatusCode.NOT_FOUND, ModelNotFoundError),
     ],
 )
 def test_permanent_errors_are_not_retried(code: grpc.StatusCode, error: type[Exception]) -> None:
@@ -212,6 +211,15 @@ def test_permanent_errors_are_not_retried(code: grpc.StatusCode, error: type[Exc
     with make_client(transport) as client, pytest.raises(error, match=expected):
         client.infer(MODEL, item(1))
     assert transport.attempts == 1
+
+
+def test_model_gone_after_first_contact_is_retried() -> None:
+    """NOT_FOUND for a model whose metadata was served (unloading during a restart) is retried."""
+    transport = FakeTransport(failures=[grpc.StatusCode.NOT_FOUND])
+    with make_client(transport) as client:
+        result = client.infer(MODEL, item(1))
+    np.testing.assert_array_equal(result["Y"], item(2))
+    assert transport.attempts == 2
 
 
 def test_unknown_model_is_not_found() -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from compute.triton.server import (
     LocalTriton,
@@ -15,6 +16,7 @@ from compute.triton.server import (
     pytriton_paths,
     triton_url,
 )
+from gss.cli import main
 from gss.settings import TritonSettings
 
 REPOSITORY = TritonSettings().model_repository
@@ -78,3 +80,11 @@ def test_configured_url_is_used_as_is() -> None:
     """With TritonSettings.url set, triton_url yields it and starts nothing."""
     with triton_url(TritonSettings(url="triton.models.svc:8001")) as url:
         assert url == "triton.models.svc:8001"
+
+
+def test_cli_lists_repository_models() -> None:
+    """`gss models list` prints the repository and its models."""
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    assert "image_embedding" in result.output
+    assert "safety_classifier" in result.output
