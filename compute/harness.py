@@ -17,12 +17,14 @@ retries do not sleep. ``gss signal test`` and the ``signal_harness`` pytest fixt
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 from compute import runtime
@@ -330,3 +332,60 @@ class LocalHarness:
 
 def _ms(delta: Any) -> int:
     return int(delta.total_seconds() * 1000)
+
+
+def read_events(
+    harness: LocalHarness, lines: Iterable[str], default_topic: str | None = None
+) -> Iterator[tuple[str, Message]]:
+    """Events from JSON lines: ``{"topic": ..., "event": {...}}`` (protobuf JSON of the
+    topic's source schema) or ``{"topic": <a changelog>, "record": {...}}`` (a SignalRecord).
+    ``topic`` may be left out when the plugins read a single topic; lines of topics no
+    plugin reads are skipped."""
+    schemas: dict[str, type[Message]] = {}
+    for bound in harness.bounds:
+        if bound.plugin.source is not None:
+            schemas[bound.input_topic] = bound.plugin.source.schema
+    if default_topic is None and len(harness.topics) == 1:
+        default_topic = harness.topics[0]
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            topic = item.get("topic", default_topic)
+            if "record" in item:
+                yield topic, json_format.ParseDict(item["record"], envelope_pb2.SignalRecord())
+                continue
+            if topic is None:
+                raise InvalidArgumentError("no topic: give one per line or --topic")
+            if topic not in schemas:
+                continue  # a topic none of these plugins reads
+            yield topic, json_format.ParseDict(item["event"], schemas[topic]())
+        except (ValueError, KeyError, json_format.ParseError) as exc:
+            raise InvalidArgumentError(f"events line {number}: {exc}") from None
+
+
+def output_json(output: Output) -> dict[str, Any]:
+    """An output as the JSON object ``gss signal test`` prints."""
+    if output.dead_letter is not None:
+        letter = json_format.MessageToDict(output.dead_letter, preserving_proto_field_name=True)
+        letter.pop("input", None)
+        return {"topic": output.topic, "dead_letter": letter}
+    record = output.record
+    assert record is not None
+    value_type = symbol_database.Default().GetSymbol(record.value.TypeName())
+    return {
+        "topic": output.topic,
+        "galaxy": record.galaxy,
+        "entity_id": record.entity_id,
+        "signal": f"{record.signal.name}@{record.signal.version}",
+        "event_time": record.envelope.event_time.ToJsonString(),
+        "value": json_format.MessageToDict(
+            value_type.FromString(record.value.value), preserving_proto_field_name=True
+        ),
+        **(
+            {"model": f"{record.envelope.model_name}/{record.envelope.model_version}"}
+            if record.envelope.model_name
+            else {}
+        ),
+    }

@@ -1,0 +1,234 @@
+"""Compute verbs: ``gss signal test`` and ``gss compute run | generate | plugins | jars``."""
+
+from __future__ import annotations
+
+import json
+import signal as signals
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from gss.cli.context import CliContext, pass_cli
+
+
+@click.group("signal")
+def signal_group() -> None:
+    """Develop signals: run plugins locally over events."""
+
+
+@signal_group.command("test")
+@click.argument("plugins", nargs=-1, required=True)
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    required=True,
+    help='JSON lines: {"topic": ..., "event": {...}} ("-" reads stdin).',
+)
+@click.option("--topic", default=None, help="Topic of lines that name none.")
+@click.option(
+    "--keep-open", is_flag=True, help="Do not close open windows at the end of the events."
+)
+@click.option(
+    "--triton",
+    "triton_url",
+    default=None,
+    help="host:port of Triton's gRPC endpoint, for model plugins (triton.url).",
+)
+@pass_cli
+def signal_test(
+    cli: CliContext,
+    plugins: tuple[str, ...],
+    events_path: str,
+    topic: str | None,
+    keep_open: bool,
+    triton_url: str | None,
+) -> None:
+    """Run PLUGINS (.py files, directories or modules) in-process over the events and print
+    the values they would write (one JSON object a line); dead letters too. Counts go to stderr."""
+    from compute.harness import LocalHarness, output_json, read_events
+    from compute.loader import load_plugins
+    from gss.errors import GssError
+
+    settings = cli.settings()
+    try:
+        found = load_plugins(list(plugins))
+        if not found:
+            raise click.ClickException(f"no @signal plugins in {', '.join(plugins)}")
+        models = None
+        if any(p.model for p in found):
+            from compute.inference import connect
+
+            models = connect(triton_url or settings.triton.url)
+        harness = LocalHarness(found, settings=settings, registry=cli.registry(), models=models)
+        stream = click.open_file(events_path)
+        with stream:
+            for event_topic, event in read_events(harness, stream, topic):
+                for output in harness.send(event_topic, event):
+                    click.echo(json.dumps(output_json(output)))
+        if not keep_open:
+            for output in harness.close():
+                click.echo(json.dumps(output_json(output)))
+    except GssError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for (ref, name), count in sorted(harness.metrics.items()):
+        click.echo(f"{ref} {name} {count}", err=True)
+
+
+@click.group()
+def compute() -> None:
+    """The compute job: plugins on Flink, content events, connector jars."""
+
+
+@compute.command("run")
+@click.option(
+    "--plugins",
+    "targets",
+    multiple=True,
+    help="Plugin module, package or path (repeatable; settings: compute.plugins).",
+)
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--detach", is_flag=True, help="Submit and return (remote mode): the cluster keeps it."
+)
+@pass_cli
+def compute_run(
+    cli: CliContext, targets: tuple[str, ...], duration: float | None, detach: bool
+) -> None:
+    """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says otherwise)."""
+    from compute.flink.run import ComputeJob
+    from gss.errors import GssError
+
+    overrides = {"compute": {"plugins": list(targets)}} if targets else {}
+    settings = cli.settings(**overrides)
+    stop = threading.Event()
+    for signum in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(signum, lambda *_: stop.set())
+    try:
+        job = ComputeJob(settings, registry=cli.registry()).start()
+    except GssError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"compute job {job.job_id} ({settings.compute.mode}): "
+        f"{len(job.bounds)} plugins; Ctrl-C stops",
+        err=True,
+    )
+    if detach:
+        return
+    try:
+        status = job.wait(stop, duration)
+        click.echo(f"compute job {status.lower()}", err=True)
+    finally:
+        job.stop()
+
+
+@compute.command("generate")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="Events a second.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--image-share",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Fraction of events that are images (the rest are pin events).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--jsonl",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Write --count events as JSON lines here instead of producing to Kafka.",
+)
+@click.option("--count", type=int, default=100, show_default=True, help="Events for --jsonl.")
+@pass_cli
+def compute_generate(
+    cli: CliContext,
+    rate: float,
+    duration: float | None,
+    image_share: float,
+    seed: int,
+    jsonl: str | None,
+    count: int,
+) -> None:
+    """Produce synthetic content events (small images, pin engagement) to content.images and
+    content.pins, or write them as JSON lines for `gss signal test`."""
+    from compute.generator import ContentGenerator, produce, write_jsonl
+
+    if jsonl is not None:
+        with click.open_file(jsonl, "w") as out:
+            written = write_jsonl(
+                ContentGenerator(seed=seed).events(
+                    count, datetime.now(UTC), image_share=image_share
+                ),
+                out,
+            )
+        click.echo(f"wrote {written} events", err=True)
+        return
+    settings = cli.settings()
+    stop = threading.Event()
+    for signum in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(signum, lambda *_: stop.set())
+    try:
+        stats = produce(
+            settings,
+            rate_per_second=rate,
+            stop=stop,
+            duration_seconds=duration,
+            image_share=image_share,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"produced {stats.images} image and {stats.pins} pin events ({stats.errors} undelivered)",
+        err=True,
+    )
+
+
+@compute.command("plugins")
+@click.option("--plugins", "targets", multiple=True, help="Plugin module, package or path.")
+@pass_cli
+def compute_plugins(cli: CliContext, targets: tuple[str, ...]) -> None:
+    """List the plugins the job would run, checked against the registry."""
+    from compute.flink.run import bound_plugins
+    from gss.errors import GssError
+
+    overrides = {"compute": {"plugins": list(targets)}} if targets else {}
+    settings = cli.settings(**overrides)
+    try:
+        bounds = bound_plugins(settings, registry=cli.registry())
+    except GssError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for bound in bounds:
+        plugin = bound.plugin
+        extra = f" model={plugin.model}" if plugin.model else ""
+        click.echo(
+            f"{bound.ref:36} {plugin.shape:9} {bound.input_topic} -> {bound.changelog_topic}{extra}"
+        )
+
+
+@compute.command("jars")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to put them (settings: compute.jars_dir).",
+)
+@pass_cli
+def compute_jars(cli: CliContext, directory: Path | None) -> None:
+    """Fetch the Flink Kafka connector jars from PyPI (once) and print their paths."""
+    from compute.flink.jars import ensure_jars
+
+    for path in ensure_jars(directory or cli.settings().compute.jars_dir):
+        click.echo(str(path))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(signal_group)
+    main.add_command(compute)
+
+
+__all__ = ["register"]
