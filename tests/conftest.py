@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,3 +46,39 @@ def gss_server(tmp_path: Path) -> Iterator[GssServer]:
         yield server
     finally:
         server.stop(grace=1.0)
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of every live process below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # zombies are already dead
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a process behind (brokers, Triton, JVMs, servers)."""
+    deadline = time.monotonic() + 10  # let processes that are already exiting finish
+    while (left := _descendants(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        commands = []
+        for pid in left:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                commands.append(f"{pid}: {cmdline[:120]!r}")
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+        print("\ntests left processes behind (killed now):\n  " + "\n  ".join(commands))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
