@@ -1,0 +1,1 @@
+../../thrift/gss_signals.thrift

@@ -1,0 +1,171 @@
+"""A consistent, read-only view of the signal store for one export.
+
+Two ways in, one result (a frozen point-in-time view that ingestion and serving keep writing
+past):
+
+- **In-process** (:meth:`StoreView.from_store`), given the live :class:`~store.db.SignalStore`:
+  a RocksDB checkpoint (hard links to the SST files, memtables flushed first) is taken and
+  opened read-only. This is ``SignalStore.checkpoint``.
+- **By path** (:meth:`StoreView.from_path`), for a store directory a running server owns: the
+  store is opened as a RocksDB *secondary* instance and caught up with the primary once
+  (``try_catch_up_with_primary``); it then stays frozen at that point. All table files are
+  opened up front (``max_open_files=-1``), so the primary's compactions deleting files do not
+  disturb the scan.
+
+Measured with rocksdict 0.3.29 against a primary writing in another process: a checkpoint
+taken *from* a read-only or secondary instance contains only the primary's flushed SST files
+(no WAL), so it misses up to a memtable of recent writes; the caught-up secondary itself sees
+them all. So the path mode reads the secondary directly instead of checkpointing it.
+
+``snapshot_time`` is taken just before the checkpoint or catch-up starts: every write
+acknowledged before it is in the view (a few later ones may be too).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+from rocksdict import AccessType, Options, Rdict, ReadOptions
+
+from gss.errors import InvalidArgumentError
+from store.db import META_CF, SignalStore
+
+log = structlog.get_logger(__name__)
+
+
+def _open_options(max_open_files: int | None = None) -> Options:
+    opts = Options(raw_mode=True)
+    if max_open_files is not None:
+        opts.set_max_open_files(max_open_files)
+    return opts
+
+
+class StoreView:
+    """Frozen, read-only access to every galaxy's values at ``snapshot_time_us``."""
+
+    def __init__(
+        self,
+        db: Rdict,
+        column_families: list[str],
+        snapshot_time_us: int,
+        cleanup: list[Path],
+        mode: str,
+    ) -> None:
+        self._db = db
+        self.snapshot_time_us = snapshot_time_us
+        self.mode = mode
+        self._cleanup = cleanup
+        self._cfs = {
+            n: db.get_column_family(n) for n in column_families if n not in ("default", META_CF)
+        }
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_store(cls, store: SignalStore, work_dir: Path) -> StoreView:
+        """A checkpoint of a live, open store, taken under ``work_dir`` (same file system)."""
+        work_dir.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=work_dir))
+        target.rmdir()  # RocksDB creates the checkpoint directory itself
+        snapshot_us = time.time_ns() // 1000
+        started = time.perf_counter()
+        try:
+            store.checkpoint(target)
+            cfs = Rdict.list_cf(str(target), _open_options())
+            db = Rdict(
+                str(target),
+                _open_options(),
+                column_families={n: _open_options() for n in cfs if n != "default"},
+                access_type=AccessType.read_only(False),
+            )
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        log.info(
+            "export_checkpoint_taken",
+            checkpoint_path=str(target),
+            duration_seconds=round(time.perf_counter() - started, 3),
+        )
+        return cls(db, cfs, snapshot_us, [target], "checkpoint")
+
+    @classmethod
+    def from_path(cls, store_path: Path, work_dir: Path) -> StoreView:
+        """A caught-up secondary instance of the store at ``store_path``."""
+        if not (store_path / "CURRENT").is_file():
+            raise InvalidArgumentError(
+                f"no signal store at {store_path}: set store.path (GSS_STORE__PATH) or --store to "
+                "the directory the server uses"
+            )
+        work_dir.mkdir(parents=True, exist_ok=True)
+        secondary = Path(tempfile.mkdtemp(prefix="secondary-", dir=work_dir))
+        started = time.perf_counter()
+        try:
+            cfs = Rdict.list_cf(str(store_path), _open_options())
+            db = Rdict(
+                str(store_path),
+                _open_options(-1),
+                column_families={n: _open_options(-1) for n in cfs if n != "default"},
+                access_type=AccessType.secondary(str(secondary)),
+            )
+            snapshot_us = time.time_ns() // 1000
+            db.try_catch_up_with_primary()
+        except BaseException:
+            shutil.rmtree(secondary, ignore_errors=True)
+            raise
+        log.info(
+            "export_secondary_caught_up",
+            store_path=str(store_path),
+            duration_seconds=round(time.perf_counter() - started, 3),
+        )
+        return cls(db, cfs, snapshot_us, [secondary], "secondary")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def has_galaxy(self, galaxy: str) -> bool:
+        return galaxy in self._cfs
+
+    def estimated_keys(self, galaxy: str) -> int:
+        cf = self._cfs.get(galaxy)
+        return int(cf.property_int_value("rocksdb.estimate-num-keys") or 0) if cf is not None else 0
+
+    def batches(self, galaxy: str, batch_rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """Every (key, stored record) of a galaxy in key order, ``batch_rows`` at a time."""
+        cf = self._cfs.get(galaxy)
+        if cf is None:
+            return
+        ropts = ReadOptions()
+        ropts.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks the argument
+        ropts.set_readahead_size(4 * 1024 * 1024)
+        it = cf.iter(ropts)
+        it.seek_to_first()
+        valid, key, value, advance = it.valid, it.key, it.value, it.next
+        while valid():
+            keys: list[bytes] = []
+            values: list[bytes] = []
+            add_key, add_value = keys.append, values.append
+            for _ in range(batch_rows):
+                if not valid():
+                    break
+                add_key(key())
+                add_value(value())
+                advance()
+            yield keys, values
+        del it
+
+    def close(self) -> None:
+        """Close the instance and delete the checkpoint or secondary directory."""
+        self._cfs.clear()
+        self._db.close()
+        for path in self._cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def __enter__(self) -> StoreView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
