@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gss.cli import compute as compute
+from gss.cli import export as export
 from gss.cli import models as models
 from gss.cli import serving as serving
 from gss.cli.context import CliContext, pass_cli
@@ -29,5 +30,6 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
 serving.register(main)
 models.register(main)
 compute.register(main)
+export.register(main)
 
 __all__ = ["CliContext", "main", "pass_cli"]
