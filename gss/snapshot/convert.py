@@ -82,7 +82,8 @@ class ConversionError(ValueError):
 # -- the twin check ----------------------------------------------------------------------
 
 
-def _thrift_fields(thrift_cls: type) -> dict[str, tuple[int, tuple[Any, ...]]]:
+def _thrift_fields(thrift_cls: Any) -> dict[str, tuple[int, tuple[Any, ...]]]:
+    """name -> (field id, thriftpy2 spec tuple) of a thriftpy2 struct class."""
     return {spec[1]: (fid, spec) for fid, spec in thrift_cls.thrift_spec.items()}
 
 
@@ -240,14 +241,19 @@ class _List(_Node):
         self.child.truncate(self.offsets[-1])
 
 
+def field_id(fid: int) -> dict[bytes, bytes]:
+    """Arrow field metadata that becomes the Parquet field id (parquet-thrift writes Thrift ids)."""
+    return {b"PARQUET:field_id": str(fid).encode()}
+
+
 class _Struct(_Node):
-    def __init__(self, fields: list[tuple[str, _Node, bool]], nullable: bool) -> None:
-        self.names = [name for name, _, _ in fields]
-        self.children = [node for _, node, _ in fields]
+    def __init__(self, fields: list[tuple[str, int, _Node, bool]], nullable: bool) -> None:
+        self.names = [name for name, _, _, _ in fields]
+        self.children = [node for _, _, node, _ in fields]
         self.arrow_type = pa.struct(
             [
-                pa.field(name, node.arrow_type, nullable=not required)
-                for name, node, required in fields
+                pa.field(name, node.arrow_type, nullable=not required, metadata=field_id(fid))
+                for name, fid, node, required in fields
             ]
         )
         self.valid: list[bool] | None = [] if nullable else None
@@ -319,12 +325,12 @@ class _Gen:
     ) -> tuple[_Struct, dict[str, Any]]:
         """Emit the encoding of ``msg``'s fields (no STOP byte); returns its column node."""
         tfields = _thrift_fields(thrift_cls)
-        nodes: list[tuple[str, _Node, bool]] = []
+        nodes: list[tuple[str, int, _Node, bool]] = []
         children_json = []
         for fd in desc.fields:
             fid, spec = tfields[fd.name]
             node, required, type_json = self.field(fd, fid, spec, msg, indent)
-            nodes.append((fd.name, node, required))
+            nodes.append((fd.name, fid, node, required))
             children_json.append(
                 {
                     "name": fd.name,
@@ -667,9 +673,12 @@ class Transcoder:
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema of a snapshot file: envelope, ``value`` struct, ``value_thrift``."""
-        fields = [pa.field(name, typ, nullable=False) for name, typ in ENVELOPE_FIELDS]
-        fields.append(pa.field("value", self.value_arrow_type, nullable=False))
-        fields.append(pa.field("value_thrift", pa.binary(), nullable=False))
+        ids = {name: fid for name, (fid, _) in _thrift_fields(self.row_class).items()}
+        fields = [pa.field(n, t, nullable=False, metadata=field_id(ids[n])) for n, t in ENVELOPE_FIELDS]
+        fields.append(pa.field("value", self.value_arrow_type, nullable=False, metadata=field_id(ids["value"])))
+        fields.append(
+            pa.field("value_thrift", pa.binary(), nullable=False, metadata=field_id(ids["value_thrift"]))
+        )
         return pa.schema(fields)
 
     def row_descriptor(self) -> dict[str, Any]:
