@@ -186,3 +186,48 @@ def test_gpu_override_is_selected_by_config_name(tmp_path: Path) -> None:
     ):
         pass
     assert processes_mentioning(str(repo)) == []
+
+
+def test_plugin_dead_letters_during_outage_and_the_job_goes_on(triton: LocalTriton) -> None:
+    """images/embedding@1 in the plugin harness: with Triton down the event is dead-lettered
+    (after the client's and the plugin's retries) and later events are computed again."""
+    from datetime import UTC, datetime
+
+    from compute.content import image_event
+    from compute.examples.images.embedding import embedding
+    from compute.harness import LocalHarness
+    from compute.triton.inputs import image_tensor
+
+    pictures = sample_images(3, seed=41)
+    events = [
+        image_event(pixels, datetime(2026, 11, 1, 12, i, tzinfo=UTC))
+        for i, pixels in enumerate(pictures)
+    ]
+    client = ModelClient(
+        triton.grpc_url,
+        deadline_seconds=3.0,
+        max_attempts=2,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    harness = LocalHarness([embedding], models=client)
+    try:
+        assert [o.record is not None for o in harness.send("content.images", events[0])] == [True]
+        triton.stop()
+        (lost,) = harness.send("content.images", events[1])
+        assert lost.dead_letter is not None
+        assert lost.dead_letter.error_type == "ModelUnavailableError"
+        assert "did not serve image_embedding" in lost.dead_letter.error
+        assert lost.dead_letter.attempts == embedding.retry.attempts
+        triton.start()
+        client.wait_ready([MODEL], timeout_seconds=60)
+        (back,) = harness.send("content.images", events[2])
+        assert back.record is not None
+        value = harness.latest("images", events[2].image_signature, "embedding@1")
+        assert value is not None
+        np.testing.assert_allclose(
+            value.values, reference_embedding(image_tensor(pictures[2])), atol=1e-6
+        )
+    finally:
+        harness.close()
+        client.close()

@@ -157,3 +157,46 @@ def test_cli_check_calls_every_model_on_an_endpoint(triton: LocalTriton) -> None
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert {row["model_name"] for row in rows} == {"image_embedding", "safety_classifier"}
     assert all(row["ok"] and row["model_version"] == "1" for row in rows)
+
+
+def test_example_model_plugins_write_model_values_with_envelopes(triton: LocalTriton) -> None:
+    """The example plugins images/embedding@1 and images/safety_score@1, run by the plugin
+    harness against this Triton, write the reference values with model name and version."""
+    from datetime import UTC, datetime
+
+    from compute.content import image_event
+    from compute.examples.images.embedding import embedding
+    from compute.examples.images.safety_score import safety_score
+    from compute.harness import LocalHarness
+
+    rng = np.random.default_rng(31)
+    pictures = [
+        rng.integers(0, 256, size=(48, 80, 3), dtype=np.uint8),
+        np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, 2),
+        sample_images(4, seed=32)[3],
+    ]
+    weights = load_safety_weights()
+    with ModelClient(triton.grpc_url, max_wait_seconds=0.005) as client:
+        harness = LocalHarness([embedding, safety_score], models=client)
+        try:
+            for i, pixels in enumerate(pictures):
+                event = image_event(pixels, datetime(2026, 11, 1, 12, i, tzinfo=UTC))
+                harness.send("content.images", event)
+                tensor = image_tensor(pixels)
+                value = harness.latest("images", event.image_signature, "embedding@1")
+                assert value is not None
+                np.testing.assert_allclose(value.values, reference_embedding(tensor), atol=1e-6)
+                score = harness.latest("images", event.image_signature, "safety_score@1")
+                assert score is not None
+                assert score.score == pytest.approx(
+                    reference_safety_score(tensor, weights), abs=1e-6
+                )
+                assert score.model_version == "1"
+        finally:
+            harness.close()
+    assert harness.dead_letters == []
+    assert len(harness.records) == 2 * len(pictures)
+    for record in harness.records:
+        model = {"embedding": "image_embedding", "safety_score": "safety_classifier"}
+        assert record.envelope.model_name == model[record.signal.name]
+        assert record.envelope.model_version == "1"
