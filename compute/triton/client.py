@@ -371,7 +371,7 @@ class ModelClient:
             deadline=now + (deadline_seconds or self.deadline_seconds),
             submitted=now,
         )
-        self._batcher(info).queue.put(pending)
+        self._enqueue(info, pending)
         return pending.future
 
     def infer(
@@ -411,7 +411,9 @@ class ModelClient:
             return 1
         return min(self.max_batch_size, info.max_batch_size)
 
-    def _batcher(self, info: ModelInfo) -> _Batcher:
+    def _enqueue(self, info: ModelInfo, pending: _Pending) -> None:
+        # Under the lock that close() takes to set _closed: every accepted item is queued
+        # before the batcher's stop marker, so it is sent and its future resolved.
         with self._lock:
             if self._closed:
                 raise ModelUnavailableError("model client is closed", info.name)
@@ -419,7 +421,7 @@ class ModelClient:
             if batcher is None:
                 batcher = _Batcher(self, info.name, self._batch_size(info))
                 self._batchers[info.name] = batcher
-            return batcher
+            batcher.queue.put(pending)
 
     def _check_item(self, info: ModelInfo, item: Item) -> dict[str, Tensor]:
         if isinstance(item, np.ndarray):

@@ -23,7 +23,9 @@ SIZE = 32
 
 
 def _served_model():
-    spec = importlib.util.spec_from_file_location("safety_classifier_model", HERE / "1" / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        "safety_classifier_model", HERE / "1" / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,7 +37,7 @@ def _smooth_field(rng, low, high):
     b = rng.uniform(low, high, size=3)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1)
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
     return a + (b - a) * t[..., None]
 

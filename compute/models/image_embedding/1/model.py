@@ -60,7 +60,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         dims = config["output"][0]["dims"]
         if int(dims[-1]) != EMBEDDING_DIM:
-            raise ValueError(f"config.pbtxt declares EMBEDDING dims {dims}, model.py makes {EMBEDDING_DIM}")
+            raise ValueError(
+                f"config.pbtxt declares EMBEDDING dims {dims}, model.py makes {EMBEDDING_DIM}"
+            )
         self.projection = projection_matrix()
 
     def execute(self, requests):

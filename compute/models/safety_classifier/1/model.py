@@ -46,15 +46,28 @@ def features(pixels):
     mean_saturation = saturation.reshape(batch, -1).mean(axis=1)
     # The RGB skin rule of Kovac, Peer and Solina (2003), daylight variant.
     skin = (
-        (r > 95) & (g > 40) & (b > 20) & (high - low > 15)
-        & (np.abs(r - g) > 15) & (r > g) & (r > b)
+        (r > 95)
+        & (g > 40)
+        & (b > 20)
+        & (high - low > 15)
+        & (np.abs(r - g) > 15)
+        & (r > g)
+        & (r > b)
     )
     skin_fraction = skin.reshape(batch, -1).mean(axis=1)
     dx = np.abs(np.diff(luma, axis=2)).reshape(batch, -1).mean(axis=1)
     dy = np.abs(np.diff(luma, axis=1)).reshape(batch, -1).mean(axis=1)
     edge_energy = dx + dy
     return np.column_stack(
-        [means[:, 0], means[:, 1], means[:, 2], luma_std, mean_saturation, skin_fraction, edge_energy]
+        [
+            means[:, 0],
+            means[:, 1],
+            means[:, 2],
+            luma_std,
+            mean_saturation,
+            skin_fraction,
+            edge_energy,
+        ]
     )
 
 
@@ -63,7 +76,10 @@ def load_weights(path):
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if tuple(data["feature_names"]) != FEATURE_NAMES:
-        raise ValueError(f"{path} was trained on features {data['feature_names']}, model.py computes {FEATURE_NAMES}")
+        raise ValueError(
+            f"{path} was trained on features {data['feature_names']}, "
+            f"model.py computes {FEATURE_NAMES}: retrain with ../train.py"
+        )
     return {
         "mean": np.asarray(data["feature_mean"], dtype=np.float64),
         "std": np.asarray(data["feature_std"], dtype=np.float64),
@@ -74,7 +90,8 @@ def load_weights(path):
 
 def score(pixels, weights):
     """Scores [batch, 1] float32 in [0, 1] for UINT8 pixels [batch, H, W, 3]."""
-    z = ((features(pixels) - weights["mean"]) / weights["std"]) @ weights["weights"] + weights["bias"]
+    standardised = (features(pixels) - weights["mean"]) / weights["std"]
+    z = standardised @ weights["weights"] + weights["bias"]
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32).reshape(-1, 1)
 
 
