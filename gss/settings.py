@@ -66,6 +66,23 @@ class KafkaSettings(BaseModel):
     client_config: dict[str, str] = Field(default_factory=dict)
     # Values at most this large ride inline in availability events (signals that allow it).
     inline_value_max_bytes: int = 4096
+    # Create missing topics (with each galaxy's partition count) at start and after a broker
+    # lost them. Turn off where topics are managed elsewhere (Strimzi KafkaTopic resources).
+    create_topics: bool = True
+    # Replication factor of created topics; -1 takes the broker's default.
+    replication_factor: int = -1
+    # Records the ingester takes from the changelog per WriteBatch, at most.
+    ingest_batch_max_records: int = 5000
+    # How often the ingester checks that its topics are the ones its offsets belong to.
+    topic_check_interval_seconds: float = 5.0
+    # A record the broker has not acknowledged after this long fails: the outbox publisher then
+    # starts a fresh producer and sends again; PutSignals answers UNAVAILABLE.
+    publish_timeout_seconds: float = 15.0
+    put_timeout_seconds: float = 10.0
+    # PutSignals(wait_readable) waits at most this long for the ingester.
+    wait_readable_timeout_seconds: float = 10.0
+    # Outbox entries handed to the producer and not yet acknowledged, at most.
+    outbox_max_in_flight: int = 10_000
 
     def topic(self, template: str, galaxy: str) -> str:
         return template.format(galaxy=galaxy)

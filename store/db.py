@@ -133,15 +133,18 @@ class SignalStore:
     def get_meta(self, key: bytes) -> bytes | None:
         return cast("bytes | None", self._cfs[META_CF].get(key))
 
-    def scan_meta(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Meta-CF entries whose key starts with ``prefix``, in key order."""
+    def scan_meta(
+        self, prefix: bytes, limit: int | None = None, *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Meta-CF entries whose key starts with ``prefix``, in key order (from ``start`` on,
+        when given: a cursor that need not re-read what is before it)."""
         ropts = ReadOptions()
         ropts.set_iterate_lower_bound(prefix)
         upper = _prefix_upper_bound(prefix)
         if upper is not None:
             ropts.set_iterate_upper_bound(upper)
         it = self._cfs[META_CF].iter(ropts)
-        it.seek(prefix)
+        it.seek(max(prefix, start) if start is not None else prefix)
         count = 0
         while it.valid() and (limit is None or count < limit):
             yield it.key(), it.value()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gss.cli import compute as compute
+from gss.cli import events as events
 from gss.cli import export as export
 from gss.cli import models as models
 from gss.cli import serving as serving
@@ -31,5 +32,6 @@ serving.register(main)
 models.register(main)
 compute.register(main)
 export.register(main)
+events.register(main)
 
 __all__ = ["CliContext", "main", "pass_cli"]

@@ -1,0 +1,405 @@
+"""The changelog ingester: materialises each galaxy's changelog topic into the store.
+
+One consumer reads every partition of every galaxy's changelog with explicit ``assign()``
+(no consumer group: each GSS replica materialises its partitions on its own), starting from
+the offsets stored in RocksDB, not from offsets committed to Kafka. Each batch of records
+becomes ONE :meth:`gss.kafka.outbox.Outbox.apply` call: the values that win, their
+availability events, the dead letters of the batch and the next offsets of every partition it
+touched are one WriteBatch. After a crash the ingester resumes exactly after the last batch
+that was committed: nothing applied twice, nothing skipped.
+
+Malformed records (undecodable, naming another galaxy, an unknown signal, a value of the wrong
+type, a Kafka key that is not the record's entity) become dead letters in the same batch, so
+their offsets advance with everything else and the partition never stalls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from google.protobuf.message import DecodeError
+
+from gss.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from gss.kafka import metrics
+from gss.kafka.config import admin_config, consumer_config
+from gss.kafka.meta import (
+    EntryKind,
+    OutboxEntry,
+    encode_offset,
+    offset_key,
+    offset_prefix,
+    parse_offset_entry,
+    topic_id_key,
+)
+from gss.kafka.outbox import RECORD_CONTENT_TYPE, Outbox
+from gss.kafka.topics import (
+    TopicKind,
+    ensure_topics,
+    header_items,
+    position_of,
+    topic_ids,
+    topic_name,
+)
+from gss.registry import GalaxySpec, Registry
+from gss.settings import KafkaSettings
+from gss.v1 import envelope_pb2
+from gss.writes import now_us, to_write
+from store.db import SignalStore, Write
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetter(Exception):
+    """A changelog record that can never be applied, and why (``reason`` is a short code)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    """Counts since this ingester started."""
+
+    consumed: int
+    applied: int
+    skipped: int
+    dead_lettered: int
+    batches: int
+
+
+def stored_offsets(store: SignalStore, topic: str) -> dict[int, int]:
+    """Next offset to read of each partition of ``topic``, as committed in the store."""
+    out = {}
+    for key, value in store.scan_meta(offset_prefix(topic)):
+        _, partition, next_offset = parse_offset_entry(key, value)
+        out[partition] = next_offset
+    return out
+
+
+def decode_record(
+    galaxy: GalaxySpec, registry: Registry, msg: Message, write_time_us: int
+) -> Write:
+    """Validate one changelog record into a store write; raises :class:`DeadLetter`."""
+    raw = msg.value()
+    if not raw:
+        raise DeadLetter("empty", "the record has no value")
+    try:
+        record = envelope_pb2.SignalRecord.FromString(raw)
+    except DecodeError as exc:
+        raise DeadLetter("undecodable", f"not a gss.v1.SignalRecord: {exc}") from None
+    if record.galaxy != galaxy.name:
+        raise DeadLetter(
+            "wrong_galaxy",
+            f"the record names galaxy {record.galaxy!r} but is on the changelog of {galaxy.name!r}",
+        )
+    topic, partition, offset = position_of(msg)
+    position = envelope_pb2.ChangelogPosition(topic=topic, partition=partition, offset=offset)
+    try:
+        write = to_write(registry, record, write_time_us=write_time_us, position=position)
+    except NotFoundError as exc:
+        raise DeadLetter("unknown_signal", str(exc)) from None
+    except InvalidArgumentError as exc:
+        reason = "invalid"
+        try:
+            spec = galaxy.signal(record.signal.name, record.signal.version)
+            if record.value.type_url != spec.type_url:
+                reason = "wrong_type"
+        except NotFoundError:
+            pass
+        raise DeadLetter(reason, str(exc)) from None
+    entity = write.key[: galaxy.codec.length]
+    key = msg.key()
+    if key != entity:
+        got = key.hex() if key is not None else "none"
+        raise DeadLetter(
+            "key_mismatch",
+            f"the Kafka key ({got}) is not the canonical bytes of entity {record.entity_id!r} "
+            f"({entity.hex()}); producers must key records by entity so per-entity order holds",
+        )
+    return write
+
+
+def dead_letter_entry(galaxy: str, msg: Message, error: DeadLetter) -> OutboxEntry:
+    topic, partition, offset = position_of(msg)
+    headers: list[tuple[str, bytes]] = [
+        ("gss-dlq-reason", error.reason.encode()),
+        ("gss-dlq-error", error.detail.encode()[:4096]),
+        ("gss-source-topic", topic.encode()),
+        ("gss-source-partition", str(partition).encode()),
+        ("gss-source-offset", str(offset).encode()),
+        ("gss-source-timestamp-ms", str(msg.timestamp()[1]).encode()),
+        ("content-type", RECORD_CONTENT_TYPE),
+    ]
+    for name, value in header_items(msg):
+        headers.append((name, value))
+    return OutboxEntry(EntryKind.DLQ, galaxy, msg.key(), msg.value() or b"", tuple(headers))
+
+
+class Ingester:
+    """A background thread materialising the changelogs of ``registry``'s galaxies."""
+
+    def __init__(
+        self, store: SignalStore, registry: Registry, kafka: KafkaSettings, outbox: Outbox
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.kafka = kafka
+        self.outbox = outbox
+        self._galaxy_of = {topic_name(kafka, TopicKind.CHANGELOG, g.name): g for g in registry}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._applied_cond = threading.Condition()
+        self._next: dict[tuple[str, int], int] = {}
+        self._partitions: dict[str, int] = {}
+        self.ready = threading.Event()
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._galaxy_of)
+
+    @property
+    def stats(self) -> IngestStats:
+        c = self._counts
+        return IngestStats(
+            c["consumed"], c["applied"], c["skipped"], c["dead_lettered"], c["batches"]
+        )
+
+    def start(self) -> Ingester:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gss-ingester", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_seconds: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_seconds)
+            self._thread = None
+
+    def wait_applied(
+        self, positions: Iterable[envelope_pb2.ChangelogPosition], timeout_seconds: float
+    ) -> bool:
+        """Wait until the ingester has committed every given changelog position; False on
+        timeout. A committed record is readable (applied) or was not newer (skipped)."""
+        wanted = [(p.topic, p.partition, p.offset) for p in positions]
+        deadline = time.monotonic() + timeout_seconds
+        with self._applied_cond:
+            while True:
+                if all(self._next.get((t, p), 0) > o for t, p, o in wanted):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied_cond.wait(left)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        admin = AdminClient(admin_config(self.kafka, "gss-ingester-admin"))
+        consumer: Consumer | None = None
+        next_check = 0.0
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = Consumer(consumer_config(self.kafka, "gss-ingester", "gss-ingester"))
+                    if not self._assign(consumer, admin):
+                        consumer.close()
+                        consumer = None
+                        self._stop.wait(1.0)
+                        continue
+                    next_check = time.monotonic() + self.kafka.topic_check_interval_seconds
+                    self.ready.set()
+                msgs = consumer.consume(self.kafka.ingest_batch_max_records, 0.1)
+                good: list[Message] = []
+                for msg in msgs:
+                    err = msg.error()
+                    if err is None:
+                        good.append(msg)
+                    elif err.code() in (
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        KafkaError._UNKNOWN_TOPIC,
+                    ):
+                        next_check = 0.0
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.warning(
+                            "changelog_consume_error", error=err.str(), error_code=err.name()
+                        )
+                if good:
+                    self._apply(good)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.kafka.topic_check_interval_seconds
+                    if self._topics_changed(admin):
+                        consumer.close()
+                        consumer = None
+            except Exception:
+                # Whatever failed, the batch was not committed: resume from the stored offsets.
+                log.exception("ingester_failed", action="resuming from the stored offsets in 1 s")
+                if consumer is not None:
+                    consumer.close()
+                    consumer = None
+                self._stop.wait(1.0)
+        if consumer is not None:
+            consumer.close()
+        log.info("ingester_stopped", **self._counts)
+
+    def _assign(self, consumer: Consumer, admin: AdminClient) -> bool:
+        """Assign every changelog partition at its stored offset; False if topics are missing."""
+        try:
+            if self.kafka.create_topics:
+                ensure_topics(self.kafka, self.registry, admin=admin, timeout_seconds=5.0)
+            metadata = admin.list_topics(timeout=5.0).topics
+        except (UnavailableError, KafkaException) as exc:
+            log.warning("changelog_unavailable", error=str(exc), action="retrying in 1 s")
+            return False
+        missing = [t for t in self._galaxy_of if t not in metadata or metadata[t].error is not None]
+        if missing:
+            log.warning("changelog_topics_missing", topics=missing, action="retrying in 1 s")
+            return False
+        self._check_topic_ids(admin)
+        assignment = []
+        with self._applied_cond:
+            self._next.clear()
+            for topic in self._galaxy_of:
+                stored = stored_offsets(self.store, topic)
+                partitions = sorted(metadata[topic].partitions)
+                self._partitions[topic] = len(partitions)
+                for partition in partitions:
+                    start = stored.get(partition)
+                    if start is not None:
+                        self._next[(topic, partition)] = start
+                    assignment.append(
+                        TopicPartition(
+                            topic, partition, start if start is not None else OFFSET_BEGINNING
+                        )
+                    )
+        consumer.assign(assignment)
+        log.info(
+            "ingester_assigned",
+            topics=list(self._galaxy_of),
+            resumed_partitions=sum(1 for tp in assignment if tp.offset >= 0),
+            changelog_positions={
+                f"{tp.topic}:{tp.partition}": tp.offset for tp in assignment if tp.offset >= 0
+            },
+        )
+        return True
+
+    def _check_topic_ids(self, admin: AdminClient) -> bool:
+        """Store each changelog topic's id; if a topic has a new id, its offsets start over.
+        True if any offsets were reset."""
+        try:
+            ids = topic_ids(admin, self._galaxy_of)
+        except KafkaException as exc:
+            log.info("changelog_topic_ids_unavailable", error=str(exc))
+            return False
+        meta: dict[bytes, bytes] = {}
+        reset = False
+        for topic, topic_id in ids.items():
+            stored = self.store.get_meta(topic_id_key(topic))
+            if stored is not None and stored.decode() == topic_id:
+                continue
+            meta[topic_id_key(topic)] = topic_id.encode()
+            old = stored_offsets(self.store, topic)
+            if stored is not None and old:
+                galaxy = self._galaxy_of[topic].name
+                log.warning(
+                    "changelog_topic_recreated",
+                    galaxy=galaxy,
+                    topic=topic,
+                    topic_id=topic_id,
+                    previous_topic_id=stored.decode(),
+                    action="reading the new topic from its beginning",
+                )
+                metrics.CHANGELOG_OFFSET_RESETS.labels(galaxy).inc()
+                meta.update({offset_key(topic, p): encode_offset(0) for p in old})
+                reset = True
+        if meta:
+            self.store.apply([], meta=meta)
+        return reset
+
+    def _topics_changed(self, admin: AdminClient) -> bool:
+        """True if the assignment must be rebuilt (a topic was recreated or resized)."""
+        if self._check_topic_ids(admin):
+            return True
+        try:
+            metadata = admin.list_topics(timeout=5.0).topics
+        except KafkaException:
+            return False
+        for topic, count in self._partitions.items():
+            meta = metadata.get(topic)
+            if meta is None or meta.error is not None:
+                return True  # gone: re-create and re-assign
+            if len(meta.partitions) != count:
+                log.info(
+                    "changelog_partitions_changed", topic=topic, partitions=len(meta.partitions)
+                )
+                return True
+        return False
+
+    def _apply(self, msgs: Sequence[Message]) -> None:
+        write_time = now_us()
+        writes: list[Write] = []
+        timestamps: list[tuple[str, float]] = []
+        dead: list[OutboxEntry] = []
+        next_offsets: dict[tuple[str, int], int] = {}
+        dead_counts: Counter[tuple[str, str]] = Counter()
+        for msg in msgs:
+            topic, partition, offset = position_of(msg)
+            galaxy = self._galaxy_of[topic]
+            next_offsets[(topic, partition)] = offset + 1
+            try:
+                writes.append(decode_record(galaxy, self.registry, msg, write_time))
+                timestamps.append((galaxy.name, msg.timestamp()[1] / 1000))
+            except DeadLetter as exc:
+                dead.append(dead_letter_entry(galaxy.name, msg, exc))
+                dead_counts[(galaxy.name, exc.reason)] += 1
+                log.warning(
+                    "changelog_record_dead_lettered",
+                    galaxy=galaxy.name,
+                    reason=exc.reason,
+                    error=exc.detail,
+                    changelog_position=f"{topic}:{partition}:{offset}",
+                )
+        meta = {offset_key(t, p): encode_offset(o) for (t, p), o in next_offsets.items()}
+        result = self.outbox.apply(writes, meta=meta, dead_letters=dead)
+        committed = time.time()
+        with self._applied_cond:
+            self._next.update(next_offsets)
+            self._applied_cond.notify_all()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        for write, applied in zip(writes, result.applied, strict=True):
+            outcomes[(write.galaxy, "applied" if applied else "skipped")] += 1
+        for (galaxy_name, outcome), n in outcomes.items():
+            metrics.CHANGELOG_RECORDS.labels(galaxy_name, outcome).inc(n)
+        newest: dict[str, float] = {}
+        for galaxy_name, ts in timestamps:
+            metrics.CHANGELOG_APPLY_DELAY.labels(galaxy_name).observe(max(0.0, committed - ts))
+            newest[galaxy_name] = max(ts, newest.get(galaxy_name, 0.0))
+        for galaxy_name, ts in newest.items():
+            metrics.CHANGELOG_LAST_RECORD_TIMESTAMP.labels(galaxy_name).set(ts)
+        for (galaxy_name, reason), n in dead_counts.items():
+            metrics.DEAD_LETTERS.labels(galaxy_name, reason).inc(n)
+            metrics.CHANGELOG_RECORDS.labels(galaxy_name, "dead_lettered").inc(n)
+        self._counts.update(
+            consumed=len(msgs),
+            applied=result.applied_count,
+            skipped=result.skipped_count,
+            dead_lettered=len(dead),
+            batches=1,
+        )

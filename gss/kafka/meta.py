@@ -1,0 +1,124 @@
+"""The Kafka side's entries in the store's meta column family: one place for their layout.
+
+- ``changelog_offset\\0<topic>\\0<partition: 4 bytes BE>`` → next offset to read (8 bytes BE).
+  Written in the WriteBatch of the values it covers, so it is exactly as durable as they are.
+- ``changelog_topic_id\\0<topic>`` → the broker's id of the topic those offsets belong to
+  (UTF-8). A different id means the topic was created anew; its offsets start over.
+- ``outbox\\0<sequence: 8 bytes BE>`` → an :class:`OutboxEntry`. Sequences grow in commit
+  order, so a key-order scan is the order the entries were committed in.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+OFFSET_PREFIX = b"changelog_offset\x00"
+TOPIC_ID_PREFIX = b"changelog_topic_id\x00"
+OUTBOX_PREFIX = b"outbox\x00"
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_I64 = struct.Struct(">q")
+_U64 = struct.Struct(">Q")
+_ENTRY_FORMAT = 1
+
+
+def offset_key(topic: str, partition: int) -> bytes:
+    return OFFSET_PREFIX + topic.encode() + b"\x00" + _U32.pack(partition)
+
+
+def offset_prefix(topic: str) -> bytes:
+    return OFFSET_PREFIX + topic.encode() + b"\x00"
+
+
+def parse_offset_entry(key: bytes, value: bytes) -> tuple[str, int, int]:
+    """(topic, partition, next offset) of a stored offset entry."""
+    body = key[len(OFFSET_PREFIX) :]
+    topic, partition = body[:-5], body[-4:]
+    if not key.startswith(OFFSET_PREFIX) or body[-5:-4] != b"\x00":
+        raise ValueError(f"not a changelog offset key: {key!r}")
+    return topic.decode(), _U32.unpack(partition)[0], _I64.unpack(value)[0]
+
+
+def encode_offset(next_offset: int) -> bytes:
+    return _I64.pack(next_offset)
+
+
+def topic_id_key(topic: str) -> bytes:
+    return TOPIC_ID_PREFIX + topic.encode()
+
+
+def outbox_key(sequence: int) -> bytes:
+    return OUTBOX_PREFIX + _U64.pack(sequence)
+
+
+def outbox_sequence(key: bytes) -> int:
+    return int(_U64.unpack(key[len(OUTBOX_PREFIX) :])[0])
+
+
+class EntryKind(IntEnum):
+    """Which of the galaxy's topics an outbox entry goes to."""
+
+    AVAILABLE = 1
+    DLQ = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One Kafka record waiting to be published: the topic is resolved from (kind, galaxy) at
+    publish time, so a renamed topic template applies to entries already waiting."""
+
+    kind: EntryKind
+    galaxy: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+    def encode(self) -> bytes:
+        galaxy = self.galaxy.encode()
+        key = self.key if self.key is not None else b""
+        parts = [
+            bytes([_ENTRY_FORMAT, int(self.kind), 1 if self.key is not None else 0]),
+            _U16.pack(len(galaxy)),
+            galaxy,
+            _U32.pack(len(key)),
+            key,
+            _U32.pack(len(self.value)),
+            self.value,
+            _U16.pack(len(self.headers)),
+        ]
+        for name, value in self.headers:
+            raw = name.encode()
+            parts += [_U16.pack(len(raw)), raw, _U32.pack(len(value)), value]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, data: bytes) -> OutboxEntry:
+        if not data or data[0] != _ENTRY_FORMAT:
+            raise ValueError(
+                f"outbox entry has format {data[:1].hex() or 'none'}; expected {_ENTRY_FORMAT}"
+            )
+        kind, has_key = EntryKind(data[1]), data[2] == 1
+        pos = 3
+
+        def take(size: struct.Struct) -> bytes:
+            nonlocal pos
+            (length,) = size.unpack_from(data, pos)
+            pos += size.size
+            chunk = data[pos : pos + length]
+            if len(chunk) != length:
+                raise ValueError("outbox entry is truncated")
+            pos += length
+            return chunk
+
+        galaxy = take(_U16).decode()
+        key = take(_U32)
+        value = take(_U32)
+        (count,) = _U16.unpack_from(data, pos)
+        pos += _U16.size
+        headers = tuple((take(_U16).decode(), take(_U32)) for _ in range(count))
+        if pos != len(data):
+            raise ValueError("outbox entry has trailing bytes")
+        return cls(kind, galaxy, key if has_key else None, value, headers)

@@ -1,0 +1,187 @@
+"""The transactional outbox: availability events (and dead letters) committed with the values.
+
+:meth:`Outbox.apply` is the store write path with events: it calls
+:meth:`store.db.SignalStore.apply` with a ``derive_meta`` that turns every write that wins
+into an outbox entry, so a value, its event and the changelog offsets it came from are in one
+WriteBatch. :class:`gss.kafka.publisher.OutboxPublisher` sends the entries and deletes each
+only after the broker acknowledged it.
+
+Event ids are a hash of what was written (galaxy, store key, event time, changelog partition
+and offset, value hash): the same on every redelivery of the entry, and the same again if the
+store is rebuilt by replaying the changelog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import structlog
+
+from gss.kafka import metrics
+from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_key, outbox_sequence
+from gss.registry import Registry
+from gss.settings import KafkaSettings
+from gss.v1 import envelope_pb2, events_pb2
+from store.db import AppliedBatch, SignalStore, Write
+from store.keys import split_store_key
+from store.records import StoredRecord
+
+log = structlog.get_logger(__name__)
+
+EVENT_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalAvailable"
+RECORD_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalRecord"
+_ID_PARTS = struct.Struct(">qqi")
+
+
+def event_id(
+    galaxy: str,
+    store_key: bytes,
+    event_time_us: int,
+    partition: int,
+    offset: int,
+    value_hash: bytes,
+) -> str:
+    """The stable id of the event for one stored write (32 hex characters)."""
+    digest = hashlib.sha256()
+    digest.update(galaxy.encode() + b"\x00" + store_key + b"\x00")
+    digest.update(_ID_PARTS.pack(event_time_us, offset, partition))
+    digest.update(value_hash)
+    return digest.hexdigest()[:32]
+
+
+class EventBuilder:
+    """Builds the availability event of a stored write."""
+
+    def __init__(self, registry: Registry, kafka: KafkaSettings) -> None:
+        self.registry = registry
+        self.inline_max = kafka.inline_value_max_bytes
+
+    def event(self, write: Write) -> events_pb2.SignalAvailable:
+        galaxy = self.registry.galaxy(write.galaxy)
+        entity, name, version = split_store_key(write.key, galaxy.codec.length)
+        spec = galaxy.signal(name, version)
+        stored = StoredRecord.decode(write.stored)
+        envelope = stored.envelope
+        value_hash = hashlib.sha256(stored.value.value).digest()
+        source = envelope.source if envelope.HasField("source") else None
+        event = events_pb2.SignalAvailable(
+            event_id=event_id(
+                galaxy.name,
+                write.key,
+                stored.event_time_us,
+                source.partition if source else -1,
+                source.offset if source else -1,
+                value_hash,
+            ),
+            galaxy=galaxy.name,
+            entity_id=galaxy.codec.to_text(entity),
+            signal=envelope_pb2.SignalRef(name=name, version=version),
+            event_time=envelope.event_time,
+            write_time=envelope.write_time,
+            value_hash=value_hash,
+            producer=envelope.producer,
+            model_name=envelope.model_name,
+            model_version=envelope.model_version,
+        )
+        if source is not None:
+            event.position.CopyFrom(source)
+        if spec.inline_value and len(stored.value.value) <= self.inline_max:
+            event.value.CopyFrom(stored.value)
+        return event
+
+    def entry(self, write: Write) -> OutboxEntry:
+        event = self.event(write)
+        entity = write.key[: self.registry.galaxy(write.galaxy).codec.length]
+        return OutboxEntry(
+            EntryKind.AVAILABLE,
+            write.galaxy,
+            entity,
+            event.SerializeToString(),
+            (
+                ("gss-event-id", event.event_id.encode()),
+                ("gss-signal", f"{event.signal.name}@{event.signal.version}".encode()),
+                ("content-type", EVENT_CONTENT_TYPE),
+            ),
+        )
+
+
+class Outbox:
+    """Allocates outbox sequences in commit order, tracks the outbox depth, wakes the publisher.
+
+    Only one Outbox may write to a store: sequences are allocated inside the store's write lock
+    and must reach RocksDB in the order they were allocated.
+    """
+
+    def __init__(self, store: SignalStore, registry: Registry, kafka: KafkaSettings) -> None:
+        self.store = store
+        self.builder = EventBuilder(registry, kafka)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        depth, last = 0, 0
+        for key, _ in store.scan_meta(OUTBOX_PREFIX):
+            depth += 1
+            last = outbox_sequence(key)
+        self._last_sequence = last
+        self._depth = depth
+        metrics.OUTBOX_ENTRIES.set(depth)
+        if depth:
+            log.info("outbox_resumed", outbox_entries=depth)
+
+    @property
+    def depth(self) -> int:
+        """Entries committed and not yet acknowledged by the broker."""
+        return self._depth
+
+    def _next_key(self) -> bytes:
+        # Wall-clock nanoseconds keep sequences growing across restarts too.
+        self._last_sequence = max(self._last_sequence + 1, time.time_ns())
+        return outbox_key(self._last_sequence)
+
+    def apply(
+        self,
+        writes: Sequence[Write],
+        *,
+        meta: Mapping[bytes, bytes] | None = None,
+        dead_letters: Iterable[OutboxEntry] = (),
+    ) -> AppliedBatch:
+        """``store.apply`` with an availability event for every write that wins, plus the given
+        dead letters, all in the same WriteBatch."""
+        added = 0
+
+        def derive(winners: Sequence[Write]) -> list[tuple[bytes, bytes]]:
+            nonlocal added
+            entries = [self.builder.entry(w) for w in winners]
+            entries.extend(dead_letters)
+            with self._lock:
+                out = [(self._next_key(), e.encode()) for e in entries]
+            added = len(out)
+            return out
+
+        result = self.store.apply(writes, meta=meta, derive_meta=derive)
+        if added:
+            with self._lock:
+                self._depth += added
+                metrics.OUTBOX_ENTRIES.set(self._depth)
+            self._wake.set()
+        return result
+
+    def removed(self, keys: Sequence[bytes]) -> None:
+        """Delete entries the broker acknowledged."""
+        if not keys:
+            return
+        self.store.delete_meta(keys)
+        with self._lock:
+            self._depth = max(0, self._depth - len(keys))
+            metrics.OUTBOX_ENTRIES.set(self._depth)
+
+    def wait(self, timeout: float) -> None:
+        """Block until new entries were committed, or ``timeout`` passed."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()

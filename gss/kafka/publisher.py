@@ -1,0 +1,199 @@
+"""The outbox publisher: sends committed outbox entries to Kafka, deletes them once acknowledged.
+
+One idempotent producer (acks=all) sends entries in commit order, so the events of one entity
+reach its partition of ``gss.<galaxy>.available`` in the order their values were written.
+An entry is deleted only after its delivery report says the broker has it: a crash or a broker
+outage leaves it in the outbox, and it is sent again (at-least-once; consumers dedupe by event
+id). When a delivery fails (broker down longer than ``publish_timeout_seconds``, topic gone),
+the producer is thrown away, missing topics are created again, and a fresh producer re-sends
+everything still in the outbox, in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+
+from gss.errors import UnavailableError
+from gss.kafka import metrics
+from gss.kafka.config import producer_config
+from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_sequence
+from gss.kafka.outbox import Outbox
+from gss.kafka.topics import TopicKind, ensure_topics, topic_name
+from gss.registry import Registry
+from gss.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+_KIND_TOPIC = {EntryKind.AVAILABLE: TopicKind.AVAILABLE, EntryKind.DLQ: TopicKind.DLQ}
+_MAX_BACKOFF_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Report:
+    generation: int
+    key: bytes
+    galaxy: str
+    kind: EntryKind
+    error: KafkaError | None
+
+
+class OutboxPublisher:
+    """A background thread publishing the outbox. ``start()``, then ``stop()``."""
+
+    def __init__(self, outbox: Outbox, kafka: KafkaSettings, registry: Registry) -> None:
+        self.outbox = outbox
+        self.kafka = kafka
+        self.registry = registry
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reports: list[_Report] = []
+        self._generation = 0
+        self._topics: dict[tuple[EntryKind, str], str] = {}
+        self.published = 0
+        self.failures = 0
+
+    def start(self) -> OutboxPublisher:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="gss-outbox-publisher", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_seconds: float = 10.0) -> None:
+        """Stop after a last attempt (up to ``timeout_seconds``) to send what is in flight."""
+        self._stop.set()
+        self.outbox.wake()
+        if self._thread is not None:
+            self._thread.join(timeout_seconds + 5)
+            self._thread = None
+
+    def wait_empty(self, timeout_seconds: float) -> bool:
+        """Wait until the outbox is empty (every entry acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        while self.outbox.depth and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.outbox.depth == 0
+
+    def _topic(self, entry: OutboxEntry) -> str:
+        cache_key = (entry.kind, entry.galaxy)
+        topic = self._topics.get(cache_key)
+        if topic is None:
+            topic = topic_name(self.kafka, _KIND_TOPIC[entry.kind], entry.galaxy)
+            self._topics[cache_key] = topic
+        return topic
+
+    def _new_producer(self) -> Producer:
+        self._generation += 1
+        return Producer(
+            producer_config(
+                self.kafka,
+                "gss-outbox-publisher",
+                delivery_timeout_seconds=self.kafka.publish_timeout_seconds,
+            )
+        )
+
+    def _run(self) -> None:
+        log.info("outbox_publisher_started", outbox_entries=self.outbox.depth)
+        producer: Producer | None = None
+        cursor: bytes | None = None  # the last key handed to the current producer
+        in_flight: set[bytes] = set()
+        backoff = 0.5
+        while not self._stop.is_set():
+            if producer is None:
+                producer = self._new_producer()
+                cursor, in_flight = None, set()
+            room = self.kafka.outbox_max_in_flight - len(in_flight)
+            sent = 0
+            if room > 0:
+                start = cursor + b"\x00" if cursor is not None else None
+                for key, raw in self.outbox.store.scan_meta(OUTBOX_PREFIX, room, start=start):
+                    entry = OutboxEntry.decode(raw)
+                    if not self._produce(producer, key, entry):
+                        break
+                    cursor = key
+                    in_flight.add(key)
+                    sent += 1
+            if in_flight:
+                producer.poll(0.01)
+            acked, failure = self._collect(in_flight)
+            if acked:
+                self.outbox.removed(acked)
+                backoff = 0.5
+            if failure is not None:
+                self._recover(producer, failure)
+                producer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                continue
+            if not in_flight and not sent:
+                self.outbox.wait(0.5)
+        if producer is not None:
+            producer.flush(min(5.0, self.kafka.publish_timeout_seconds))
+            acked, _ = self._collect(in_flight)
+            self.outbox.removed(acked)
+        log.info(
+            "outbox_publisher_stopped", outbox_entries=self.outbox.depth, published=self.published
+        )
+
+    def _produce(self, producer: Producer, key: bytes, entry: OutboxEntry) -> bool:
+        generation = self._generation
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            self._reports.append(_Report(generation, key, entry.galaxy, entry.kind, err))
+
+        try:
+            producer.produce(
+                self._topic(entry),
+                value=entry.value,
+                key=entry.key,
+                headers=list(entry.headers),
+                on_delivery=report,
+            )
+        except BufferError:
+            return False  # the local queue is full: send the rest after some reports
+        return True
+
+    def _collect(self, in_flight: set[bytes]) -> tuple[list[bytes], KafkaError | None]:
+        reports, self._reports = self._reports, []
+        acked: list[bytes] = []
+        failure: KafkaError | None = None
+        now = time.time()
+        for report in reports:
+            if report.generation != self._generation:
+                continue  # a discarded producer's report: its entries are being sent again
+            in_flight.discard(report.key)
+            if report.error is None:
+                acked.append(report.key)
+                metrics.OUTBOX_PUBLISHED.labels(report.galaxy, report.kind.name.lower()).inc()
+                metrics.EVENT_PUBLISH_DELAY.observe(
+                    max(0.0, now - outbox_sequence(report.key) / 1e9)
+                )
+            elif failure is None:
+                failure = report.error
+        self.published += len(acked)
+        return acked, failure
+
+    def _recover(self, producer: Producer, failure: KafkaError) -> None:
+        self.failures += 1
+        metrics.OUTBOX_PUBLISH_FAILURES.inc()
+        log.warning(
+            "outbox_publish_failed",
+            error=failure.str(),
+            error_code=failure.name(),
+            outbox_entries=self.outbox.depth,
+            action="resending the outbox with a fresh producer",
+        )
+        producer.purge()
+        producer.flush(0)
+        self._generation += 1  # ignore whatever the old producer still reports
+        if self.kafka.create_topics:
+            try:
+                ensure_topics(self.kafka, self.registry, timeout_seconds=5.0)
+            except UnavailableError as exc:
+                log.info("outbox_topics_unavailable", error=str(exc))
