@@ -96,10 +96,18 @@ class OutboxEntry:
 
     @classmethod
     def decode(cls, data: bytes) -> OutboxEntry:
+        """The entry :meth:`encode` made; raises ValueError for anything else."""
         if not data or data[0] != _ENTRY_FORMAT:
             raise ValueError(
                 f"outbox entry has format {data[:1].hex() or 'none'}; expected {_ENTRY_FORMAT}"
             )
+        try:
+            return cls._decode_body(data)
+        except struct.error:
+            raise ValueError("outbox entry is truncated") from None
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> OutboxEntry:
         kind, has_key = EntryKind(data[1]), data[2] == 1
         pos = 3
 

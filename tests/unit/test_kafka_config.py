@@ -1,0 +1,59 @@
+"""librdkafka configuration from settings: guarantees forced, security settings passed through."""
+
+from __future__ import annotations
+
+import pytest
+
+from gss.kafka.config import consumer_config, producer_config
+from gss.kafka.topics import TopicKind, galaxy_topics, topic_name
+from gss.registry import Registry
+from gss.settings import KafkaSettings
+
+SECURE = KafkaSettings(
+    bootstrap_servers="kafka-0:9093",
+    client_config={
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "acks": "1",
+        "partitioner": "consistent_random",
+        "linger.ms": "20",
+    },
+)
+
+
+def test_producers_keep_their_guarantees_whatever_is_passed_through() -> None:
+    """TLS/SASL options reach librdkafka; acks, idempotence and the murmur2 partitioner
+    cannot be overridden (ordering and no-loss depend on them); tuning options can."""
+    config = producer_config(SECURE, "test", delivery_timeout_seconds=2.5)
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["acks"] == "all"
+    assert config["enable.idempotence"] is True
+    assert config["partitioner"] == "murmur2_random"
+    assert config["message.timeout.ms"] == 2500
+    assert config["linger.ms"] == "20"
+
+
+def test_consumers_join_groups_quickly_and_never_auto_commit() -> None:
+    """Consumers use the short session/heartbeat that make groups usable, and commit nothing
+    by themselves (the ingester's offsets live in RocksDB)."""
+    config = consumer_config(SECURE, "test", "group")
+    assert config["session.timeout.ms"] == 6000
+    assert config["heartbeat.interval.ms"] == 500
+    assert config["enable.auto.commit"] is False
+    assert config["security.protocol"] == "SASL_SSL"
+
+
+def test_no_broker_is_a_clear_error() -> None:
+    """Without bootstrap servers the error says which setting to set."""
+    with pytest.raises(ValueError, match="GSS_KAFKA__BOOTSTRAP_SERVERS"):
+        producer_config(KafkaSettings(), "test", delivery_timeout_seconds=1)
+
+
+def test_topics_follow_the_templates_and_galaxy_partitions(registry: Registry) -> None:
+    """Each galaxy has changelog, available and dlq topics with its partition count."""
+    kafka = KafkaSettings(changelog_topic="prod.{galaxy}.log")
+    specs = {s.name: s for s in galaxy_topics(kafka, registry)}
+    assert topic_name(kafka, TopicKind.CHANGELOG, "images") == "prod.images.log"
+    assert specs["gss.pins.dlq"].partitions == registry.galaxy("pins").partitions
+    assert len(specs) == 3 * len(registry.galaxies)
