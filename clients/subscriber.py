@@ -134,7 +134,13 @@ class Subscriber:
         the events of the previous call as finished (their offsets get committed)."""
         self._mark_finished()
         events = []
-        for msg in self._consumer.consume(max_events, timeout):
+        msgs = self._consumer.consume(max_events, 0)
+        if not msgs:
+            # consume() alone would wait the whole timeout unless max_events are ready.
+            msgs = self._consumer.consume(1, timeout)
+            if msgs:
+                msgs.extend(self._consumer.consume(max_events - 1, 0))
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF and err.fatal():

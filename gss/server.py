@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -26,9 +26,12 @@ from prometheus_client import start_http_server
 
 from gss import metrics
 from gss.registry import Registry, load_registry
-from gss.service import SERVICE, ChangelogWriter, SignalService
+from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
 from gss.settings import Settings
 from store.db import SignalStore
+
+if TYPE_CHECKING:
+    from gss.kafka.runtime import EventsRuntime
 
 log = structlog.get_logger(__name__)
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -53,6 +56,8 @@ class GssServer:
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     # Run, in order, when the server stops (after calls drain, before the store closes).
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # The changelog ingester, outbox publisher and watch source, when a broker is configured.
+    events: EventsRuntime | None = None
 
     @property
     def address(self) -> str:
@@ -130,8 +135,14 @@ def start_server(
     registry: Registry | None = None,
     store: SignalStore | None = None,
     changelog: ChangelogWriter | None = None,
+    watch: WatchSource | None = None,
 ) -> GssServer:
-    """Open the store, load the registry, and serve. Port 0 picks a free port."""
+    """Open the store, load the registry, and serve. Port 0 picks a free port.
+
+    With ``kafka.bootstrap_servers`` set (and no ``changelog`` given), the Kafka side starts
+    first: changelog ingester, outbox publisher, PutSignals through the changelog and
+    WatchSignals (gss.kafka.runtime); it stops after calls drain, before the store closes.
+    """
     server_settings = settings.server
     registry = registry or load_registry(settings.registry_path)
     store = store or SignalStore(
@@ -142,7 +153,17 @@ def start_server(
     )
     key_lengths = {galaxy.name: galaxy.codec.length for galaxy in registry}
     store.on_apply = functools.partial(metrics.record_apply, key_lengths=key_lengths)
-    service = SignalService(registry, store, server_settings, changelog)
+    events = None
+    if changelog is None and settings.kafka.bootstrap_servers:
+        from gss.kafka.runtime import EventsRuntime
+
+        try:
+            events = EventsRuntime(settings, registry, store).start()
+        except Exception:
+            store.close()
+            raise
+        changelog, watch = events.writer, events.watch
+    service = SignalService(registry, store, server_settings, changelog, watch)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gss-grpc", daemon=True)
     thread.start()
@@ -153,6 +174,8 @@ def start_server(
     except Exception as exc:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+        if events is not None:
+            events.stop()
         store.close()
         raise OSError(
             f"cannot serve on {server_settings.host}:{server_settings.port}: {exc}"
@@ -177,7 +200,7 @@ def start_server(
         metrics_port=metrics_port,
         galaxies=list(registry.galaxies),
     )
-    return GssServer(
+    server = GssServer(
         settings,
         registry,
         store,
@@ -189,4 +212,8 @@ def start_server(
         health_servicer,
         thread,
         metrics_server,
+        events=events,
     )
+    if events is not None:
+        server.on_stop.append(events.stop)
+    return server

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -50,6 +50,14 @@ class ChangelogWriter(Protocol):
         wait_readable: bool,
         timeout_seconds: float,
     ) -> signal_service_pb2.PutSignalsResponse: ...
+
+
+class WatchSource(Protocol):
+    """Availability events for WatchSignals (gss.kafka.watch.WatchSource, when a broker is configured)."""
+
+    def stream_async(
+        self, request: signal_service_pb2.WatchSignalsRequest
+    ) -> AsyncIterator[signal_service_pb2.WatchSignalsResponse]: ...
 
 
 def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[..., Awaitable[Any]]]:
@@ -114,11 +122,13 @@ class SignalService:
         store: SignalStore,
         settings: ServerSettings,
         changelog: ChangelogWriter | None = None,
+        watch: WatchSource | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self.changelog = changelog
+        self.watch = watch
 
     def galaxy_label(self, name: str) -> str:
         return name if name in self.registry.galaxies else "unknown"
@@ -204,6 +214,39 @@ class SignalService:
     ) -> signal_service_pb2.Galaxy:
         return galaxy_message(self.registry.galaxy(request.galaxy))
 
+    async def WatchSignals(
+        self,
+        request: signal_service_pb2.WatchSignalsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[signal_service_pb2.WatchSignalsResponse]:
+        """A server stream of availability events (gss.kafka.watch); needs a broker."""
+        code, error = grpc.StatusCode.OK, None
+        start = time.perf_counter()
+        try:
+            if self.watch is None:
+                raise UnavailableError(
+                    "WatchSignals needs a Kafka broker and this server has none: "
+                    "set kafka.bootstrap_servers (GSS_KAFKA__BOOTSTRAP_SERVERS)"
+                )
+            async for response in self.watch.stream_async(request):
+                yield response
+        except GssError as exc:
+            code = next(
+                (c for kind, c in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
+            )
+            error = str(exc)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            metrics.GRPC_HANDLED.labels("server_stream", SERVICE, "WatchSignals", code.name).inc()
+            metrics.GRPC_SECONDS.labels("server_stream", SERVICE, "WatchSignals").observe(
+                time.perf_counter() - start
+            )
+        if error is not None:
+            log.warning("rpc", rpc_method="WatchSignals", grpc_code=code.name, error=error)
+            await context.abort(code, error)
+
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """gRPC handlers; GetSignals returns pre-serialized bytes (see gss.lookup)."""
         pb = signal_service_pb2
@@ -227,6 +270,11 @@ class SignalService:
                 self.DescribeGalaxy,
                 request_deserializer=pb.DescribeGalaxyRequest.FromString,
                 response_serializer=pb.Galaxy.SerializeToString,
+            ),
+            "WatchSignals": grpc.unary_stream_rpc_method_handler(
+                self.WatchSignals,
+                request_deserializer=pb.WatchSignalsRequest.FromString,
+                response_serializer=pb.WatchSignalsResponse.SerializeToString,
             ),
         }
 

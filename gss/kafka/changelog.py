@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from gss.errors import UnavailableError
 from gss.kafka.config import producer_config
@@ -88,6 +88,7 @@ class ChangelogWriter:
         self.ingester = ingester
         self._lock = threading.Lock()
         self._producer = self._new_producer()
+        self._warm_up(self._producer)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="gss-changelog-writer", daemon=True)
         self._poller.start()
@@ -100,6 +101,16 @@ class ChangelogWriter:
                 delivery_timeout_seconds=self.kafka.put_timeout_seconds,
             )
         )
+
+    def _warm_up(self, producer: Producer) -> None:
+        # Fetch the changelog topics' metadata now rather than in the first PutSignals call.
+        for galaxy in self.registry:
+            try:
+                producer.list_topics(
+                    topic_name(self.kafka, TopicKind.CHANGELOG, galaxy.name), timeout=2
+                )
+            except KafkaException as exc:
+                log.info("changelog_metadata_unavailable", galaxy=galaxy.name, error=str(exc))
 
     def _poll(self) -> None:
         while not self._stop.is_set():

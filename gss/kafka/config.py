@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from confluent_kafka import Consumer, Message
+
 from gss.settings import KafkaSettings
 
 # librdkafka's own log lines go through stdlib logging, which gss.logs routes with the rest.
@@ -73,3 +75,18 @@ def consumer_config(kafka: KafkaSettings, client_id: str, group_id: str) -> dict
 
 def admin_config(kafka: KafkaSettings, client_id: str = "gss-admin") -> dict[str, Any]:
     return _base(kafka, client_id)
+
+
+def consume_available(
+    consumer: Consumer, max_records: int, timeout_seconds: float
+) -> list[Message]:
+    """Up to ``max_records`` records: whatever is already fetched, or else the first to arrive
+    within ``timeout_seconds`` plus whatever came with it. (``Consumer.consume`` itself waits
+    the whole timeout unless ``max_records`` are ready, which adds its timeout to latency.)"""
+    msgs = consumer.consume(max_records, 0)
+    if msgs:
+        return msgs
+    msgs = consumer.consume(1, timeout_seconds)
+    if msgs and max_records > 1:
+        msgs.extend(consumer.consume(max_records - 1, 0))
+    return msgs

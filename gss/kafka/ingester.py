@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from gss.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from gss.kafka import metrics
-from gss.kafka.config import admin_config, consumer_config
+from gss.kafka.config import admin_config, consume_available, consumer_config
 from gss.kafka.meta import (
     EntryKind,
     OutboxEntry,
@@ -226,7 +226,7 @@ class Ingester:
                         continue
                     next_check = time.monotonic() + self.kafka.topic_check_interval_seconds
                     self.ready.set()
-                msgs = consumer.consume(self.kafka.ingest_batch_max_records, 0.1)
+                msgs = consume_available(consumer, self.kafka.ingest_batch_max_records, 0.1)
                 good: list[Message] = []
                 for msg in msgs:
                     err = msg.error()

@@ -29,7 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 
-from gss.kafka.config import admin_config, consumer_config
+from gss.kafka.config import admin_config, consume_available, consumer_config
 from gss.kafka.topics import TopicKind, header_items, position_of, topic_ids, topic_name
 from gss.registry import GalaxySpec, Registry
 from gss.settings import KafkaSettings
@@ -141,7 +141,7 @@ class AvailableReader:
             self._next_check = 0.0
             return []
         out = []
-        for msg in self._consumer.consume(max_events, timeout_seconds):
+        for msg in consume_available(self._consumer, max_events, timeout_seconds):
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
