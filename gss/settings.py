@@ -161,7 +161,8 @@ class ExportSettings(BaseModel):
     # Checkpoints and secondary-instance files while exporting; None: <store.path>.export.
     # Must be on the store's file system (a checkpoint hard-links the SST files).
     work_dir: Path | None = None
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    # snappy: the codec every Hive, Spark, Trino and DuckDB reads; zstd: ~30% smaller, slower.
+    compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
     row_group_rows: int = 65536
     # dt=D may be exported until D + late_days (UTC); later runs are refused, because the
     # store holds the current state, not D's (--allow-late overrides).

@@ -1,1 +1,0 @@
-"""Triton's gRPC inference protocol messages (a subset; see inference.proto)."""
