@@ -674,10 +674,18 @@ class Transcoder:
     def schema(self) -> pa.Schema:
         """The Arrow schema of a snapshot file: envelope, ``value`` struct, ``value_thrift``."""
         ids = {name: fid for name, (fid, _) in _thrift_fields(self.row_class).items()}
-        fields = [pa.field(n, t, nullable=False, metadata=field_id(ids[n])) for n, t in ENVELOPE_FIELDS]
-        fields.append(pa.field("value", self.value_arrow_type, nullable=False, metadata=field_id(ids["value"])))
+        fields = [
+            pa.field(n, t, nullable=False, metadata=field_id(ids[n])) for n, t in ENVELOPE_FIELDS
+        ]
         fields.append(
-            pa.field("value_thrift", pa.binary(), nullable=False, metadata=field_id(ids["value_thrift"]))
+            pa.field(
+                "value", self.value_arrow_type, nullable=False, metadata=field_id(ids["value"])
+            )
+        )
+        fields.append(
+            pa.field(
+                "value_thrift", pa.binary(), nullable=False, metadata=field_id(ids["value_thrift"])
+            )
         )
         return pa.schema(fields)
 

@@ -2,8 +2,8 @@
 
 The exporter is one scanner feeding N converters: converting (protobuf parsing, Thrift
 encoding, Parquet writing) is CPU-bound Python, so it runs in separate processes (``spawn``:
-no RocksDB threads are forked) while the exporting process only reads the store. Each worker
-has at most :data:`IN_FLIGHT` batches outstanding; the next batch goes to the least busy one.
+no RocksDB threads are forked) while the exporting process only reads the store. At most
+:data:`IN_FLIGHT` batches per worker wait in a queue; the next free worker takes the next one.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import queue
+import threading
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
 
@@ -21,7 +23,6 @@ from gss.snapshot.worker import GalaxyJob, GalaxyWriter, WorkerResult, worker_ma
 log = structlog.get_logger(__name__)
 
 IN_FLIGHT = 2
-START_TIMEOUT_SECONDS = 60.0
 
 
 class ExportWorkerError(RuntimeError):
@@ -59,13 +60,22 @@ class InlinePool:
 
 
 class ProcessPool:
-    """``workers`` spawned processes, each writing its own part file per signal."""
+    """``workers`` spawned processes, each writing its own part file per signal.
+
+    Batches go through one bounded queue to a feeder thread per worker, which blocks in
+    ``send`` until its worker takes the batch: whichever worker is free takes the next one,
+    and the scanner never waits on a busy worker while another is idle.
+    """
 
     def __init__(self, workers: int, log_level: str = "INFO", log_format: str = "json") -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[SpawnProcess] = []
-        self._outstanding: list[int] = []
+        self._queue: queue.Queue[tuple[list[bytes], list[bytes]] | None] = queue.Queue(
+            maxsize=IN_FLIGHT * workers
+        )
+        self._feeders: list[threading.Thread] = []
+        self._failed: list[int] = []
         try:
             for index in range(workers):
                 parent, child = ctx.Pipe(duplex=True)
@@ -79,7 +89,6 @@ class ProcessPool:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-                self._outstanding.append(0)
         except BaseException:
             self.close()
             raise
@@ -99,43 +108,59 @@ class ProcessPool:
             raise ExportWorkerError(f"export worker {index} failed:\n{msg[1]}")
         return msg
 
-    def _drain_one(self) -> None:
-        ready = multiprocessing.connection.wait(
-            [c for c, n in zip(self._conns, self._outstanding, strict=True) if n]
-        )
-        for conn in ready:
-            index = self._conns.index(conn)  # type: ignore[arg-type]
-            msg = self._recv(index)
-            if msg[0] == "ack":
-                self._outstanding[index] -= 1
+    def _feed(self, index: int) -> None:
+        conn = self._conns[index]
+        while (item := self._queue.get()) is not None:
+            try:
+                conn.send(("rows", *item))
+            except OSError:
+                self._failed.append(index)
+                return
+
+    def _raise_failure(self) -> None:
+        index = self._failed[0]
+        self._recv(index)  # the worker's own error, or its death
+        raise ExportWorkerError(f"export worker {index} stopped taking batches")
 
     def begin(self, job: GalaxyJob) -> None:
         for conn in self._conns:
             conn.send(("begin", job))
+        self._feeders = [
+            threading.Thread(
+                target=self._feed, args=(i,), name=f"gss-export-feeder-{i}", daemon=True
+            )
+            for i in range(len(self._conns))
+        ]
+        for feeder in self._feeders:
+            feeder.start()
 
     def submit(self, keys: list[bytes], values: list[bytes]) -> None:
-        while min(self._outstanding) >= IN_FLIGHT:
-            self._drain_one()
-        index = self._outstanding.index(min(self._outstanding))
-        try:
-            self._conns[index].send(("rows", keys, values))
-        except (BrokenPipeError, OSError):
-            self._recv(index)  # raises the worker's error or its death
-            raise
-        self._outstanding[index] += 1
+        while True:
+            if self._failed:
+                self._raise_failure()
+            try:
+                self._queue.put((keys, values), timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def end(self) -> list[WorkerResult]:
-        while any(self._outstanding):
-            self._drain_one()
+        for _ in self._feeders:
+            while True:
+                if self._failed:
+                    self._raise_failure()
+                try:
+                    self._queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        for feeder in self._feeders:
+            feeder.join()
+        if self._failed:
+            self._raise_failure()
         for conn in self._conns:
             conn.send(("end",))
-        results = []
-        for index in range(len(self._conns)):
-            msg = self._recv(index)
-            while msg[0] == "ack":
-                msg = self._recv(index)
-            results.append(msg[1])
-        return results
+        return [self._recv(index)[1] for index in range(len(self._conns))]
 
     def close(self) -> None:
         """Stop every worker (politely, then by force) and wait for it."""

@@ -161,7 +161,9 @@ class _SignalBuffer:
 
     def add_many(self, entities: list[bytes], stored_values: list[bytes]) -> None:
         """Convert and buffer stored records of this signal (the hot loop: locals only)."""
-        decode = records.StoredRecord.decode
+        # store.records' own pieces (header, then the cell) rather than StoredRecord.decode:
+        # its frozen dataclass costs 0.7 µs a row, a tenth of the export's time.
+        header, cell_of, version = records.HEADER.unpack_from, records.cell_of, records.FORMAT_V1
         type_url = self.type_url
         parse = self.message_class.FromString
         add_value = self.value_columns.add
@@ -178,7 +180,10 @@ class _SignalBuffer:
         rows, pending = len(self.entity), self.pending_bytes
         for entity, stored in zip(entities, stored_values, strict=True):
             try:
-                record = decode(stored)
+                fmt, event_us, _ = header(stored)
+                if fmt != version:
+                    records.StoredRecord.decode(stored)  # raises, naming the format
+                record = cell_of(stored)
                 value = record.value
                 if value.type_url != type_url:
                     raise ConversionError(
@@ -195,7 +200,7 @@ class _SignalBuffer:
             env = record.envelope
             written = env.write_time
             entity_app(text)
-            event_app(record.event_time_us)
+            event_app(event_us)
             write_s_app(written.seconds)
             write_ns_app(written.nanos)
             producer_app(env.producer)
@@ -362,7 +367,7 @@ def worker_main(
 ) -> None:
     """A worker process: ``("begin", job)``, ``("rows", keys, values)``..., ``("end",)``, ``("stop",)``.
 
-    Each ``rows`` message is acknowledged with ``("ack",)`` (the exporter's flow control);
+    ``rows`` messages are not answered (a blocking send is the exporter's flow control);
     ``end`` is answered with ``("done", WorkerResult)``; any failure with ``("error", text)``.
     A closed pipe (the exporter died) ends the process.
     """
@@ -382,7 +387,6 @@ def worker_main(
             elif kind == "rows":
                 assert writer is not None
                 writer.add(msg[1], msg[2])
-                conn.send(("ack",))
             elif kind == "end":
                 assert writer is not None
                 conn.send(("done", writer.close()))
