@@ -110,6 +110,9 @@ class Subscriber:
                 # Members get partitions within seconds instead of ~20 s (docs/events.md).
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 500,
+                # Kafka answers a waiting fetch as soon as an event arrives; some
+                # Kafka-protocol brokers (the local tansu) only when this runs out.
+                "fetch.wait.max.ms": 50,
                 **(config or {}),
             }
         )

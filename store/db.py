@@ -113,6 +113,8 @@ class SignalStore:
         self._handles = {name: self._db.get_column_family_handle(name) for name in self._cfs}
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync_writes
+        self._nosync_opts = WriteOptions()
+        self._nosync_opts.sync = False
         self._lock = threading.Lock()
         self._closed = False
         # Called with (writes, applied flags) after every committed apply: metrics hook.
@@ -215,13 +217,16 @@ class SignalStore:
                 self.on_apply(writes, applied)
             return AppliedBatch(applied)
 
-    def delete_meta(self, keys: Iterable[bytes]) -> None:
-        """Remove meta entries (e.g. outbox entries whose delivery was confirmed)."""
+    def delete_meta(self, keys: Iterable[bytes], *, sync: bool = True) -> None:
+        """Remove meta entries (e.g. outbox entries whose delivery was confirmed).
+
+        ``sync=False`` skips the fsync, for deletions whose loss is harmless (an outbox entry
+        that comes back after a power cut is only published again)."""
         batch = WriteBatch(raw_mode=True)
         for key in keys:
             batch.delete(key, self._handles[META_CF])
         if not batch.is_empty():
-            self._db.write(batch, self._write_opts)
+            self._db.write(batch, self._write_opts if sync else self._nosync_opts)
 
     # -- operations ----------------------------------------------------------------------
 

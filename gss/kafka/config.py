@@ -65,7 +65,9 @@ def consumer_config(kafka: KafkaSettings, client_id: str, group_id: str) -> dict
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
-        "fetch.wait.max.ms": 50,
+        # The local broker answers a waiting fetch only when this runs out, not when a record
+        # arrives (Kafka answers at once), so it bounds end-to-end latency there.
+        "fetch.wait.max.ms": 20,
         # A group member gets records in about 3 s instead of about 23 s (NOTES.md).
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,

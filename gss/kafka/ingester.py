@@ -355,7 +355,8 @@ class Ingester:
     def _apply(self, msgs: Sequence[Message]) -> None:
         write_time = now_us()
         writes: list[Write] = []
-        timestamps: list[tuple[str, float]] = []
+        oldest: dict[str, float] = {}
+        newest: dict[str, float] = {}
         dead: list[OutboxEntry] = []
         next_offsets: dict[tuple[str, int], int] = {}
         dead_counts: Counter[tuple[str, str]] = Counter()
@@ -365,7 +366,9 @@ class Ingester:
             next_offsets[(topic, partition)] = offset + 1
             try:
                 writes.append(decode_record(galaxy, self.registry, msg, write_time))
-                timestamps.append((galaxy.name, msg.timestamp()[1] / 1000))
+                ts = msg.timestamp()[1] / 1000
+                oldest[galaxy.name] = min(ts, oldest.get(galaxy.name, ts))
+                newest[galaxy.name] = max(ts, newest.get(galaxy.name, ts))
             except DeadLetter as exc:
                 dead.append(dead_letter_entry(galaxy.name, msg, exc))
                 dead_counts[(galaxy.name, exc.reason)] += 1
@@ -387,10 +390,10 @@ class Ingester:
             outcomes[(write.galaxy, "applied" if applied else "skipped")] += 1
         for (galaxy_name, outcome), n in outcomes.items():
             metrics.CHANGELOG_RECORDS.labels(galaxy_name, outcome).inc(n)
-        newest: dict[str, float] = {}
-        for galaxy_name, ts in timestamps:
+        # One observation per batch and galaxy (its oldest record): per record would cost more
+        # than the rest of the bookkeeping.
+        for galaxy_name, ts in oldest.items():
             metrics.CHANGELOG_APPLY_DELAY.labels(galaxy_name).observe(max(0.0, committed - ts))
-            newest[galaxy_name] = max(ts, newest.get(galaxy_name, 0.0))
         for galaxy_name, ts in newest.items():
             metrics.CHANGELOG_LAST_RECORD_TIMESTAMP.labels(galaxy_name).set(ts)
         for (galaxy_name, reason), n in dead_counts.items():

@@ -105,28 +105,37 @@ class OutboxEntry:
             return cls._decode_body(data)
         except struct.error:
             raise ValueError("outbox entry is truncated") from None
+        except (KeyError, IndexError):
+            raise ValueError(f"outbox entry has an unknown kind {data[1:2].hex()}") from None
 
     @classmethod
     def _decode_body(cls, data: bytes) -> OutboxEntry:
-        kind, has_key = EntryKind(data[1]), data[2] == 1
-        pos = 3
-
-        def take(size: struct.Struct) -> bytes:
-            nonlocal pos
-            (length,) = size.unpack_from(data, pos)
-            pos += size.size
-            chunk = data[pos : pos + length]
-            if len(chunk) != length:
-                raise ValueError("outbox entry is truncated")
-            pos += length
-            return chunk
-
-        galaxy = take(_U16).decode()
-        key = take(_U32)
-        value = take(_U32)
+        # Straight-line parsing: the publisher decodes every entry it sends.
+        kind, has_key = _KINDS[data[1]], data[2] == 1
+        (length,) = _U16.unpack_from(data, 3)
+        pos = 5 + length
+        galaxy = data[5:pos].decode()
+        (length,) = _U32.unpack_from(data, pos)
+        key = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        (length,) = _U32.unpack_from(data, pos)
+        value = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length
         (count,) = _U16.unpack_from(data, pos)
-        pos += _U16.size
-        headers = tuple((take(_U16).decode(), take(_U32)) for _ in range(count))
-        if pos != len(data):
+        pos += 2
+        headers = []
+        for _ in range(count):
+            (length,) = _U16.unpack_from(data, pos)
+            name = data[pos + 2 : pos + 2 + length].decode()
+            pos += 2 + length
+            (length,) = _U32.unpack_from(data, pos)
+            headers.append((name, data[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if pos > len(data):
+            raise ValueError("outbox entry is truncated")
+        if pos < len(data):
             raise ValueError("outbox entry has trailing bytes")
-        return cls(kind, galaxy, key if has_key else None, value, headers)
+        return cls(kind, galaxy, key if has_key else None, value, tuple(headers))
+
+
+_KINDS = {int(kind): kind for kind in EntryKind}

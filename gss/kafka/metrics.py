@@ -24,7 +24,7 @@ DEAD_LETTERS = Counter(
 )
 CHANGELOG_APPLY_DELAY = Histogram(
     "gss_changelog_apply_delay_seconds",
-    "From a changelog record's timestamp to the commit of its value (the ingest lag, in time).",
+    "From the oldest record of a committed batch's timestamp to the commit (the ingest lag, in time).",
     ["galaxy"],
     buckets=DELAY_BUCKETS,
 )
@@ -53,6 +53,6 @@ OUTBOX_PUBLISH_FAILURES = Counter(
 )
 EVENT_PUBLISH_DELAY = Histogram(
     "gss_event_publish_delay_seconds",
-    "From the commit of an outbox entry to the broker's acknowledgement of it.",
+    "From the commit of the oldest entry acknowledged in a round to the acknowledgement.",
     buckets=DELAY_BUCKETS,
 )

@@ -173,7 +173,8 @@ class Outbox:
         """Delete entries the broker acknowledged."""
         if not keys:
             return
-        self.store.delete_meta(keys)
+        # Unsynced: an entry that survives a power cut is only published again.
+        self.store.delete_meta(keys, sync=False)
         with self._lock:
             self._depth = max(0, self._depth - len(keys))
             metrics.OUTBOX_ENTRIES.set(self._depth)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import structlog
@@ -163,19 +164,21 @@ class OutboxPublisher:
         reports, self._reports = self._reports, []
         acked: list[bytes] = []
         failure: KafkaError | None = None
-        now = time.time()
+        counts: Counter[tuple[str, EntryKind]] = Counter()
         for report in reports:
             if report.generation != self._generation:
                 continue  # a discarded producer's report: its entries are being sent again
             in_flight.discard(report.key)
             if report.error is None:
                 acked.append(report.key)
-                metrics.OUTBOX_PUBLISHED.labels(report.galaxy, report.kind.name.lower()).inc()
-                metrics.EVENT_PUBLISH_DELAY.observe(
-                    max(0.0, now - outbox_sequence(report.key) / 1e9)
-                )
+                counts[(report.galaxy, report.kind)] += 1
             elif failure is None:
                 failure = report.error
+        for (galaxy, kind), n in counts.items():
+            metrics.OUTBOX_PUBLISHED.labels(galaxy, kind.name.lower()).inc(n)
+        if acked:
+            oldest = min(outbox_sequence(key) for key in acked)
+            metrics.EVENT_PUBLISH_DELAY.observe(max(0.0, time.time() - oldest / 1e9))
         self.published += len(acked)
         return acked, failure
 
