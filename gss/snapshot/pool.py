@@ -39,11 +39,12 @@ class Pool(Protocol):
 class InlinePool:
     """Converts in the calling process (one worker; small exports and tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
+        self._index = index
         self._writer: GalaxyWriter | None = None
 
     def begin(self, job: GalaxyJob) -> None:
-        self._writer = GalaxyWriter(job, 0)
+        self._writer = GalaxyWriter(job, self._index)
 
     def submit(self, keys: list[bytes], values: list[bytes]) -> None:
         assert self._writer is not None
@@ -67,7 +68,9 @@ class ProcessPool:
     and the scanner never waits on a busy worker while another is idle.
     """
 
-    def __init__(self, workers: int, log_level: str = "INFO", log_format: str = "json") -> None:
+    def __init__(
+        self, workers: int, log_level: str = "INFO", log_format: str = "json", first_index: int = 0
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[SpawnProcess] = []
@@ -77,7 +80,7 @@ class ProcessPool:
         self._feeders: list[threading.Thread] = []
         self._failed: list[int] = []
         try:
-            for index in range(workers):
+            for index in range(first_index, first_index + workers):
                 parent, child = ctx.Pipe(duplex=True)
                 proc = ctx.Process(
                     target=worker_main,
@@ -134,6 +137,16 @@ class ProcessPool:
         for feeder in self._feeders:
             feeder.start()
 
+    def try_submit(self, keys: list[bytes], values: list[bytes]) -> bool:
+        """Queue a batch if a worker can take it soon; False if every worker is busy."""
+        if self._failed:
+            self._raise_failure()
+        try:
+            self._queue.put_nowait((keys, values))
+        except queue.Full:
+            return False
+        return True
+
     def submit(self, keys: list[bytes], values: list[bytes]) -> None:
         while True:
             if self._failed:
@@ -178,5 +191,31 @@ class ProcessPool:
         self._procs.clear()
 
 
+class HybridPool:
+    """The exporting process converts too: a batch goes to a worker process when one can take
+    it and is converted in place otherwise, so N cores need N-1 worker processes (and half the
+    batches never cross a pipe on two cores)."""
+
+    def __init__(self, workers: int, log_level: str, log_format: str) -> None:
+        self._local = InlinePool(0)
+        self._remote = ProcessPool(workers - 1, log_level, log_format, first_index=1)
+
+    def begin(self, job: GalaxyJob) -> None:
+        self._remote.begin(job)
+        self._local.begin(job)
+
+    def submit(self, keys: list[bytes], values: list[bytes]) -> None:
+        if not self._remote.try_submit(keys, values):
+            self._local.submit(keys, values)
+
+    def end(self) -> list[WorkerResult]:
+        return self._remote.end() + self._local.end()
+
+    def close(self) -> None:
+        self._remote.close()
+        self._local.close()
+
+
 def make_pool(workers: int, log_level: str, log_format: str) -> Pool:
-    return ProcessPool(workers, log_level, log_format) if workers >= 2 else InlinePool()
+    """``workers`` converters in all: this process plus ``workers - 1`` worker processes."""
+    return HybridPool(workers, log_level, log_format) if workers >= 2 else InlinePool()
