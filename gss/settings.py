@@ -91,7 +91,8 @@ class KafkaSettings(BaseModel):
 class TritonSettings(BaseModel):
     """Where models are served, and how the model client calls them (docs/models.md)."""
 
-    # host:port of Triton's gRPC endpoint; None starts a local server in `gss run`.
+    # host:port of Triton's HTTP endpoint (KServe v2 protocol, port 8000; "https://host:port"
+    # for TLS); None starts a local server in `gss run`.
     url: str | None = None
     model_repository: Path = Path(__file__).resolve().parent.parent / "compute" / "models"
     # Local server only: pick configs/<name>.pbtxt per model (e.g. "gpu"); None: config.pbtxt.
@@ -105,7 +106,7 @@ class TritonSettings(BaseModel):
     max_in_flight: int = Field(default=2, ge=1)
     # Budget of one call, retries included; each attempt gets what is left.
     deadline_seconds: float = Field(default=10.0, gt=0)
-    # Attempts per call on transient errors (UNAVAILABLE, ...), with exponential backoff.
+    # Attempts per call on transient errors (Triton unreachable, 503, ...), exponential backoff.
     max_attempts: int = Field(default=4, ge=1)
     retry_backoff_seconds: float = Field(default=0.1, ge=0)
     retry_backoff_max_seconds: float = Field(default=2.0, ge=0)

@@ -1,11 +1,11 @@
-"""The model client: Triton inference over gRPC with client-side micro-batching and retries.
+"""The model client: Triton inference with client-side micro-batching, deadlines and retries.
 
 The interface the plugin runtime (compute/plugin) calls; see docs/models.md::
 
     from compute.triton.client import ModelClient
     from compute.triton.inputs import image_tensor
 
-    client = ModelClient.from_settings(settings.triton, url)   # or ModelClient("host:8001")
+    client = ModelClient.from_settings(settings.triton, url)   # or ModelClient("host:8000")
 
     # per record: joins a micro-batch with concurrent callers (max_batch_size / max_wait_seconds)
     result = client.infer("image_embedding", image_tensor(pixels))       # blocks
@@ -31,7 +31,8 @@ Failures, for the plugin's retry and dead-letter policy:
 - :class:`ModelNotFoundError` (``NotFoundError``): no such model on the server.
 - :class:`ModelExecutionError`: the model itself raised (Triton INTERNAL and the like).
 
-The client is thread-safe; one instance per process serves every model and thread.
+The client is thread-safe; one instance per process serves every model and thread. It talks
+to Triton's HTTP endpoint through :mod:`compute.triton.transport` (``tritonclient.http``).
 """
 
 from __future__ import annotations
@@ -47,12 +48,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 import structlog
 
 from compute.triton import metrics
-from compute.triton.transport import Tensor, TritonTransport, numpy_dtype, triton_dtype
+from compute.triton.transport import (
+    ErrorKind,
+    Tensor,
+    TensorSpec,
+    TransportError,
+    TritonTransport,
+    numpy_dtype,
+    triton_dtype,
+)
 from gss.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
 from gss.settings import TritonSettings
 
@@ -61,16 +69,21 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Item = Tensor | Mapping[str, Tensor]
 
-# Status codes worth another attempt: the server may answer differently in a moment.
-# CANCELLED too: the client never cancels a call, so it comes from a server shutting down.
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
+__all__ = [
+    "Inference",
+    "Item",
+    "ModelClient",
+    "ModelError",
+    "ModelExecutionError",
+    "ModelInfo",
+    "ModelInputError",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "TensorSpec",
+]
+
+# Transport error kinds worth another attempt: the server may answer differently in a moment.
+TRANSIENT_KINDS: frozenset[ErrorKind] = frozenset({"unavailable"})
 _METADATA_TIMEOUT_SECONDS = 5.0
 _CLOSE_JOIN_SECONDS = 5.0
 
@@ -100,21 +113,12 @@ class ModelExecutionError(ModelError):
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: name, Triton datatype and shape without the batch dim."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1 where any size is accepted
-
-
-@dataclass(frozen=True)
 class ModelInfo:
     """What the client learned about a model from the server's metadata and config."""
 
     name: str
     versions: tuple[str, ...]
-    inputs: tuple[TensorSpec, ...]
+    inputs: tuple[TensorSpec, ...]  # shapes without the batch dim
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int  # 0: the model takes no batch dimension
 
@@ -307,16 +311,17 @@ class ModelClient:
         )
         batched = config.max_batch_size > 0
 
-        def spec(tensor: Any) -> TensorSpec:
-            shape = tuple(int(d) for d in tensor.shape)
-            return TensorSpec(tensor.name, tensor.datatype, shape[1:] if batched else shape)
+        def item_spec(tensor: TensorSpec) -> TensorSpec:
+            return TensorSpec(
+                tensor.name, tensor.datatype, tensor.shape[1:] if batched else tensor.shape
+            )
 
         info = ModelInfo(
             name=model_name,
-            versions=tuple(meta.versions),
-            inputs=tuple(spec(t) for t in meta.inputs),
-            outputs=tuple(spec(t) for t in meta.outputs),
-            max_batch_size=int(config.max_batch_size),
+            versions=meta.versions,
+            inputs=tuple(item_spec(t) for t in meta.inputs),
+            outputs=tuple(item_spec(t) for t in meta.outputs),
+            max_batch_size=config.max_batch_size,
         )
         with self._lock:
             self._info[model_name] = info
@@ -344,8 +349,8 @@ class ModelClient:
                         name, timeout=min(_METADATA_TIMEOUT_SECONDS, timeout_seconds)
                     ):
                         still.append(name)
-                except grpc.RpcError as exc:
-                    last_error = f"{exc.code().name}: {exc.details()}"
+                except TransportError as exc:
+                    last_error = f"{exc.kind}: {exc.message}"
                     still.append(name)
             pending = still
             if pending and time.monotonic() >= deadline:
@@ -526,10 +531,11 @@ class ModelClient:
     ) -> T:
         """``call(timeout)`` until it succeeds, fails for good, or attempts/deadline run out.
 
-        ``known_model``: the server has served this model's metadata before, so NOT_FOUND
-        means it is being unloaded or reloaded (a restart, a rollout): retried like UNAVAILABLE.
+        ``known_model``: the server has served this model's metadata before, so ``not_found``
+        means it is being unloaded or reloaded (a restart, a rollout): retried like
+        ``unavailable``. ``deadline`` means this attempt had the whole remaining budget.
         """
-        last: grpc.RpcError | None = None
+        last: TransportError | None = None
         started = time.monotonic()
         for attempt in itertools.count(1):
             remaining = deadline - time.monotonic()
@@ -537,15 +543,12 @@ class ModelClient:
                 break
             try:
                 return call(remaining)
-            except grpc.RpcError as exc:
+            except TransportError as exc:
                 last = exc
-                code = exc.code()
-                metrics.ERRORS.labels(model_name, code.name).inc()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                metrics.ERRORS.labels(model_name, exc.kind).inc()
+                if exc.kind == "deadline":
                     break
-                transient = code in TRANSIENT_CODES or (
-                    known_model and code == grpc.StatusCode.NOT_FOUND
-                )
+                transient = exc.kind in TRANSIENT_KINDS or (known_model and exc.kind == "not_found")
                 if not transient:
                     raise _permanent_error(model_name, self.url, exc) from exc
                 if attempt >= self.max_attempts:
@@ -560,13 +563,13 @@ class ModelClient:
                     "model_call_retrying",
                     model_name=model_name,
                     attempt=attempt,
-                    code=code.name,
+                    error_kind=exc.kind,
                     backoff_seconds=round(backoff, 3),
-                    error=exc.details(),
+                    error=exc.message,
                 )
                 time.sleep(backoff)
         elapsed = time.monotonic() - started
-        detail = f"{last.code().name}: {last.details()}" if last is not None else "no attempt left"
+        detail = f"{last.kind}: {last.message}" if last is not None else "no attempt left"
         log.error(
             "model_call_failed",
             model_name=model_name,
@@ -585,7 +588,7 @@ class ModelClient:
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish queued items, stop the batchers and close the channel."""
+        """Finish queued items, stop the batchers and close the connections."""
         with self._lock:
             if self._closed:
                 return
@@ -607,16 +610,17 @@ class ModelClient:
         self.close()
 
 
-def _permanent_error(model_name: str, url: str, exc: grpc.RpcError) -> ModelError:
-    code, details = exc.code(), exc.details()
-    if code == grpc.StatusCode.NOT_FOUND:
+def _permanent_error(model_name: str, url: str, exc: TransportError) -> ModelError:
+    if exc.kind == "not_found":
         return ModelNotFoundError(
-            f"Triton at {url} has no model {model_name!r} ({details}); "
+            f"Triton at {url} has no model {model_name!r} ({exc.message}); "
             "check compute/models or TritonSettings.url",
             model_name,
         )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ModelInputError(f"Triton rejected the input for {model_name}: {details}", model_name)
+    if exc.kind == "invalid":
+        return ModelInputError(
+            f"Triton rejected the input for {model_name}: {exc.message}", model_name
+        )
     return ModelExecutionError(
-        f"{model_name} failed on Triton at {url}: {code.name}: {details}", model_name
+        f"{model_name} failed on Triton at {url}: {exc.kind}: {exc.message}", model_name
     )

@@ -51,8 +51,9 @@ INFERENCES = Counter(
 )
 ERRORS = Counter(
     "gss_model_errors_total",
-    "Failed Triton requests (each attempt), by model and gRPC status code.",
-    ["model_name", "code"],
+    "Failed Triton requests (each attempt), by model and error kind "
+    "(unavailable, not_found, invalid, deadline, internal).",
+    ["model_name", "kind"],
 )
 RETRIES = Counter(
     "gss_model_retries_total",

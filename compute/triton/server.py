@@ -6,7 +6,7 @@ group, on 127.0.0.1 with ports the OS picks, waits until every model is READY, a
 (SIGTERM, then SIGKILL of the whole group) on exit::
 
     with LocalTriton(settings.triton.model_repository) as triton:
-        client = ModelClient(triton.grpc_url)
+        client = ModelClient(triton.http_url)
 
 Production points ``TritonSettings.url`` at any Triton endpoint instead; :func:`triton_url`
 is the one switch between the two (used by ``gss run`` and ``gss models``).
@@ -33,10 +33,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import grpc
 import structlog
 
-from compute.triton.transport import TritonTransport
+from compute.triton.transport import TransportError, TritonTransport
 from gss.errors import GssError
 from gss.settings import TritonSettings
 
@@ -69,7 +68,8 @@ def find_models(repository: Path) -> list[str]:
 
 def pytriton_paths() -> tuple[Path, Path, Path]:
     """The tritonserver binary, its bundled shared libraries and its backends directory."""
-    # Located, not imported: importing pytriton imports tritonclient.grpc (see transport.py).
+    # Located, not imported: importing pytriton imports tritonclient.grpc, which refuses
+    # PyFlink's grpcio (see transport.py).
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonStartError(
@@ -113,7 +113,8 @@ def _free_ports(count: int) -> list[int]:
 class LocalTriton:
     """A tritonserver subprocess over ``model_repository``; a context manager.
 
-    ``grpc_url`` (``127.0.0.1:PORT``), ``http_url`` and ``metrics_url`` are set once started.
+    ``http_url`` (``127.0.0.1:PORT``: what the model client and ``TritonSettings.url`` take),
+    ``grpc_url`` (same form, for other gRPC clients) and ``metrics_url`` are set once started.
     :meth:`stop` followed by :meth:`start` restarts on the same ports, so clients holding
     the URL reconnect (tests use this to show recovery).
     """
@@ -159,7 +160,7 @@ class LocalTriton:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self._port(1)}"
+        return f"127.0.0.1:{self._port(1)}"
 
     @property
     def metrics_url(self) -> str:
@@ -262,6 +263,7 @@ class LocalTriton:
         log.info(
             "triton_starting",
             pid=self._process.pid,
+            http_url=self.http_url,
             grpc_url=self.grpc_url,
             model_repository=str(self.model_repository),
             models=self.models,
@@ -279,7 +281,7 @@ class LocalTriton:
     def _wait_ready(self) -> None:
         started = time.monotonic()
         deadline = started + self.startup_timeout_seconds
-        transport = TritonTransport(self.grpc_url)
+        transport = TritonTransport(self.http_url)
         pending = list(self.models)
         try:
             while pending:
@@ -295,7 +297,7 @@ class LocalTriton:
                         f"(raise TritonSettings.startup_timeout_seconds); server log:\n"
                         f"{self._log_tail()}"
                     )
-                with contextlib.suppress(grpc.RpcError):
+                with contextlib.suppress(TransportError):
                     pending = [m for m in pending if not transport.model_ready(m, timeout=2.0)]
                 if pending:
                     time.sleep(_POLL_SECONDS)
@@ -304,7 +306,7 @@ class LocalTriton:
         log.info(
             "triton_ready",
             pid=self.pid,
-            grpc_url=self.grpc_url,
+            http_url=self.http_url,
             models=self.models,
             startup_seconds=round(time.monotonic() - started, 3),
         )
@@ -365,7 +367,7 @@ def _killpg(pgid: int) -> bool:
 
 @contextlib.contextmanager
 def triton_url(settings: TritonSettings) -> Iterator[str]:
-    """The gRPC endpoint models are served from, for the duration of the block.
+    """The HTTP endpoint (``host:port``) models are served from, for the duration of the block.
 
     ``settings.url`` set: that endpoint, as is (production; nothing is started).
     ``settings.url`` None: a :class:`LocalTriton` over ``settings.model_repository``,
@@ -375,4 +377,4 @@ def triton_url(settings: TritonSettings) -> Iterator[str]:
         yield settings.url
         return
     with LocalTriton.from_settings(settings) as triton:
-        yield triton.grpc_url
+        yield triton.http_url

@@ -1,139 +1,310 @@
-"""Triton's gRPC inference protocol over a plain grpcio channel: one call per method.
+"""Triton's inference protocol through ``tritonclient.http``: one blocking call per method.
 
-No batching, retries or metrics here (that is :mod:`compute.triton.client`); errors are
-grpcio's ``grpc.RpcError`` with the server's status code. Tensors travel as raw
-little-endian bytes (``raw_input_contents`` / ``raw_output_contents``).
+No batching, retries or metrics here (that is :mod:`compute.triton.client`). Answers are the
+small frozen dataclasses below, errors are :class:`TransportError` with a ``kind`` the client
+classifies (``unavailable`` is worth another attempt, the rest are not). Tensors travel as
+binary data beside the JSON header (KServe v2 binary tensor extension).
 
-Why not ``tritonclient.grpc``: every tritonclient release from 2.50 on ships gRPC code
-generated for grpcio >= 1.66.1 and refuses to import under older grpcio, while PyFlink's
-apache-beam caps grpcio below 1.66. The protocol messages GSS needs are in
-``compute/triton/protocol/inference.proto``.
+Why HTTP: ``tritonclient.grpc`` (every release from 2.50 on) refuses to import under grpcio
+< 1.66.1, and PyFlink's apache-beam caps grpcio below that. ``tritonclient.http`` speaks the
+same KServe v2 protocol with the same binary tensors on Triton's HTTP port (8000). Moving to
+``tritonclient.grpc`` once the cap lifts is a change inside this module.
+
+``tritonclient.http.InferenceServerClient`` is not thread-safe, so each thread gets its own
+(``threading.local``), created on first use. Each call is bounded by its ``timeout``; a call
+that failed at the connection level drops that thread's client, so the next attempt connects
+afresh (a restarted Triton is used again at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import contextlib
+import http.client
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
-import grpc
+import gevent  # type: ignore[import-untyped]  # no type hints; tritonclient.http runs on it
 import numpy as np
 import numpy.typing as npt
+import tritonclient.http as triton_http
+from tritonclient.utils import (
+    InferenceServerException,
+    np_to_triton_dtype,
+    triton_to_np_dtype,
+)
 
-from compute.triton.protocol import inference_pb2 as pb
-from gss.errors import InvalidArgumentError
-
-SERVICE = "/inference.GRPCInferenceService/"
-# Triton accepts requests up to 2 GiB; grpcio's 4 MiB default would cap a batch of images.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-# Triton datatype names and the little-endian numpy dtypes they travel as.
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_NAMES = {dtype.newbyteorder("<"): name for name, dtype in DTYPES.items()}
+from gss.errors import GssError, InvalidArgumentError
 
 Tensor = npt.NDArray[Any]
+T = TypeVar("T")
+
+ErrorKind = Literal["unavailable", "not_found", "invalid", "deadline", "internal"]
+
+# Triton's HTTP status for each of its error codes (UNAVAILABLE 503, NOT_FOUND 404, INTERNAL
+# 500, UNSUPPORTED 501, INVALID_ARG/UNKNOWN/CANCELLED/ALREADY_EXISTS 400), plus what proxies
+# and ingresses in front of it answer when it is away or overloaded.
+_KIND_BY_STATUS: dict[str, ErrorKind] = {
+    "400": "invalid",
+    "404": "not_found",
+    "429": "unavailable",
+    "500": "internal",
+    "501": "invalid",
+    "502": "unavailable",
+    "503": "unavailable",
+    "504": "unavailable",
+}
+
+
+class TransportError(GssError):
+    """A failed call to Triton. ``kind`` says what the caller can do about it:
+
+    - ``unavailable``: no connection, connection lost, Triton or a proxy overloaded or
+      shutting down (HTTP 429/502/503/504); another attempt may succeed;
+    - ``not_found``: no such model (HTTP 404), or not loaded;
+    - ``invalid``: Triton refused the request as sent (HTTP 400/501);
+    - ``deadline``: the call's time budget ran out before an answer;
+    - ``internal``: the model or Triton failed (HTTP 500), or an answer the client cannot read.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, Triton datatype and shape (-1 where any size fits)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A model's metadata: available versions and its tensors (shapes include the batch dim)."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The part of a model's configuration the client reads."""
+
+    name: str
+    max_batch_size: int  # 0: the model takes no batch dimension
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    """How many times Triton executed the model on a batch of ``batch_size`` items."""
+
+    batch_size: int
+    executions: int
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Triton's own counters for a model's version since it loaded.
+
+    ``inference_count / execution_count`` is the mean executed batch size.
+    """
+
+    name: str
+    version: str
+    inference_count: int
+    execution_count: int
+    batch_stats: tuple[BatchStatistics, ...]
 
 
 def triton_dtype(array: Tensor) -> str:
     """The Triton datatype name of a numpy array, or InvalidArgumentError."""
-    name = _NAMES.get(array.dtype.newbyteorder("<"))
+    name = np_to_triton_dtype(array.dtype.newbyteorder("<"))
     if name is None:
         raise InvalidArgumentError(
-            f"numpy dtype {array.dtype} has no Triton datatype here; use one of "
-            f"{', '.join(str(d) for d in DTYPES.values())} (BYTES tensors are not supported)"
+            f"numpy dtype {array.dtype} has no Triton datatype; use bool, (u)int8-64 or float16-64"
         )
-    return name
+    return str(name)
 
 
 def numpy_dtype(name: str) -> np.dtype[Any]:
     """The numpy dtype of a Triton datatype name, or InvalidArgumentError."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise InvalidArgumentError(
-            f"Triton datatype {name!r} is not supported by the GSS model client"
-        ) from None
+    dtype = triton_to_np_dtype(name)
+    if dtype is None:
+        raise InvalidArgumentError(f"Triton datatype {name!r} is not supported by the model client")
+    return np.dtype(dtype)
+
+
+def _status_error(url: str, what: str, exc: InferenceServerException) -> TransportError:
+    status = exc.status()
+    if status is None:  # raised by tritonclient itself, not an HTTP answer
+        kind: ErrorKind = "internal"
+    else:
+        kind = _KIND_BY_STATUS.get(str(status), "invalid" if str(status)[:1] == "4" else "internal")
+    return TransportError(kind, f"{what} at {url}: HTTP {status}: {exc.message()}")
+
+
+def _specs(tensors: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]))
+        for t in tensors
+    )
 
 
 class TritonTransport:
-    """Blocking calls to one Triton server's gRPC endpoint (``host:port``); thread-safe."""
+    """Blocking calls to one Triton server's HTTP endpoint; thread-safe.
 
-    def __init__(self, url: str) -> None:
+    ``url`` is ``host:port`` (Triton's HTTP port, 8000 by default), optionally with a base
+    path; an ``http://`` prefix is accepted and ``https://`` turns TLS on.
+    ``connection_timeout_seconds`` and ``network_timeout_seconds`` bound connecting and each
+    socket read or write; every call is also bounded as a whole by its ``timeout``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connection_timeout_seconds: float = 5.0,
+        network_timeout_seconds: float = 60.0,
+    ) -> None:
         self.url = url
-        self._channel = grpc.insecure_channel(
-            url,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # gRPC's default reconnect backoff grows to 120 s; a restarted Triton pod
-                # should be used again within a second, inside the client's retry budget.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
-        self._live = self._method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
-        self._ready = self._method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
-        self._metadata = self._method(
-            "ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse
-        )
-        self._config = self._method("ModelConfig", pb.ModelConfigRequest, pb.ModelConfigResponse)
-        self._infer = self._method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
-        self._statistics = self._method(
-            "ModelStatistics", pb.ModelStatisticsRequest, pb.ModelStatisticsResponse
-        )
+        self._ssl = url.startswith("https://")
+        self._address = url.removeprefix("https://").removeprefix("http://")
+        self._connection_timeout = connection_timeout_seconds
+        self._network_timeout = network_timeout_seconds
+        self._local = threading.local()
+        # Every thread's client, so close() reaches them all; a finished thread's client goes
+        # with the thread.
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def _method(
-        self, name: str, request: Any, response: Any
-    ) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
-        return self._channel.unary_unary(
-            SERVICE + name,
-            request_serializer=request.SerializeToString,
-            response_deserializer=response.FromString,
-        )
+    # -- per-thread clients ------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._closed:
+            raise TransportError("unavailable", f"transport to Triton at {self.url} is closed")
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        with self._lock:
+            if self._closed:
+                raise TransportError("unavailable", f"transport to Triton at {self.url} is closed")
+            client = triton_http.InferenceServerClient(
+                self._address,
+                connection_timeout=self._connection_timeout,
+                network_timeout=self._network_timeout,
+                ssl=self._ssl,
+            )
+            self._clients.add(client)
+        self._local.client = client
+        return client
+
+    def _discard(self, client: Any) -> None:
+        """Drop this thread's client after a connection-level failure (it may hold a dead
+        or half-used connection); the next call makes a new one."""
+        self._local.client = None
+        with self._lock:
+            self._clients.discard(client)
+        # Best effort: the connection is already broken.
+        with contextlib.suppress(Exception):
+            client.close()
+
+    def _call(self, what: str, timeout: float, call: Callable[[Any], T]) -> T:
+        """``call(client)`` within ``timeout`` seconds, errors as TransportError."""
+        client = self._client()
+        # tritonclient.http does its I/O on gevent: a gevent timer bounds the whole call
+        # (connect, send, wait, read) in this thread.
+        timer = gevent.Timeout(max(timeout, 0.001))
+        timer.start()
+        try:
+            return call(client)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._discard(client)
+            raise TransportError(
+                "deadline", f"{what} at {self.url}: no answer within {timeout:.3f} s"
+            ) from None
+        except InferenceServerException as exc:
+            raise _status_error(self.url, what, exc) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            # Refused, reset, closed mid-answer, unresolvable, or a socket timeout: the
+            # server is away or stuck; the budget timer, not these, is the call's deadline.
+            self._discard(client)
+            raise TransportError(
+                "unavailable", f"{what} at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            timer.close()
+
+    # -- the protocol ------------------------------------------------------------------
 
     def server_live(self, timeout: float) -> bool:
-        reply: pb.ServerLiveResponse = self._live(pb.ServerLiveRequest(), timeout=timeout)
-        return reply.live
+        live: bool = self._call("server live", timeout, lambda c: c.is_server_live())
+        return live
 
     def model_ready(self, model_name: str, timeout: float) -> bool:
-        reply: pb.ModelReadyResponse = self._ready(
-            pb.ModelReadyRequest(name=model_name), timeout=timeout
+        """True when the model is loaded and READY (False for a model Triton does not have)."""
+        ready: bool = self._call(
+            f"model {model_name} ready", timeout, lambda c: c.is_model_ready(model_name)
         )
-        return reply.ready
+        return ready
 
-    def model_metadata(self, model_name: str, timeout: float) -> pb.ModelMetadataResponse:
-        reply: pb.ModelMetadataResponse = self._metadata(
-            pb.ModelMetadataRequest(name=model_name), timeout=timeout
+    def model_metadata(self, model_name: str, timeout: float) -> ModelMetadata:
+        meta: dict[str, Any] = self._call(
+            f"model {model_name} metadata", timeout, lambda c: c.get_model_metadata(model_name)
         )
-        return reply
-
-    def model_config(self, model_name: str, timeout: float) -> pb.ModelConfig:
-        reply: pb.ModelConfigResponse = self._config(
-            pb.ModelConfigRequest(name=model_name), timeout=timeout
+        return ModelMetadata(
+            name=str(meta.get("name", model_name)),
+            versions=tuple(str(v) for v in meta.get("versions", ())),
+            platform=str(meta.get("platform", "")),
+            inputs=_specs(meta.get("inputs", ())),
+            outputs=_specs(meta.get("outputs", ())),
         )
-        return reply.config
 
-    def model_statistics(self, model_name: str, timeout: float = 10.0) -> pb.ModelStatistics:
+    def model_config(self, model_name: str, timeout: float) -> ModelConfig:
+        config: dict[str, Any] = self._call(
+            f"model {model_name} config", timeout, lambda c: c.get_model_config(model_name)
+        )
+        return ModelConfig(
+            name=str(config.get("name", model_name)),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+        )
+
+    def model_statistics(self, model_name: str, timeout: float = 10.0) -> ModelStatistics:
         """Triton's own counters for the model's ready version (inference vs execution counts)."""
-        reply: pb.ModelStatisticsResponse = self._statistics(
-            pb.ModelStatisticsRequest(name=model_name), timeout=timeout
+        reply: dict[str, Any] = self._call(
+            f"model {model_name} statistics",
+            timeout,
+            lambda c: c.get_inference_statistics(model_name),
         )
-        if not reply.model_stats:
-            raise InvalidArgumentError(f"Triton at {self.url} has no statistics for {model_name!r}")
-        return reply.model_stats[0]
+        stats = reply.get("model_stats") or []
+        if not stats:
+            raise TransportError(
+                "not_found", f"Triton at {self.url} has no statistics for {model_name!r}"
+            )
+        first = stats[0]
+        return ModelStatistics(
+            name=str(first.get("name", model_name)),
+            version=str(first.get("version", "")),
+            inference_count=int(first.get("inference_count", 0)),
+            execution_count=int(first.get("execution_count", 0)),
+            batch_stats=tuple(
+                BatchStatistics(
+                    int(b["batch_size"]), int(b.get("compute_infer", {}).get("count", 0))
+                )
+                for b in first.get("batch_stats", ())
+            ),
+        )
 
     def infer(
         self,
@@ -142,26 +313,44 @@ class TritonTransport:
         timeout: float,
         outputs: Sequence[str] = (),
     ) -> tuple[str, dict[str, Tensor]]:
-        """One ModelInfer call: (the model version that ran, output tensors by name)."""
-        request = pb.ModelInferRequest(model_name=model_name)
+        """One inference request: (the model version that ran, output tensors by name).
+
+        ``outputs`` empty: every output the model produces.
+        """
+        tensors = []
         for name, array in inputs.items():
-            request.inputs.add(name=name, datatype=triton_dtype(array), shape=array.shape)
-            request.raw_input_contents.append(
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            )
-        for name in outputs:
-            request.outputs.add(name=name)
-        reply: pb.ModelInferResponse = self._infer(request, timeout=timeout)
-        if len(reply.raw_output_contents) != len(reply.outputs):
-            raise InvalidArgumentError(
-                f"Triton at {self.url} answered {model_name} without raw output contents; "
-                "only raw tensor transfer is supported"
-            )
-        results: dict[str, Tensor] = {}
-        for tensor, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
-            dtype = numpy_dtype(tensor.datatype)
-            results[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.shape))
-        return reply.model_version, results
+            # Little-endian on the wire, whatever byte order the caller's array has.
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            tensor = triton_http.InferInput(name, list(data.shape), triton_dtype(data))
+            tensor.set_data_from_numpy(data, binary_data=True)
+            tensors.append(tensor)
+        requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        result = self._call(
+            f"{model_name} inference",
+            timeout,
+            lambda c: c.infer(
+                model_name,
+                tensors,
+                outputs=requested or None,
+                # Server side: Triton drops the request if it is still queued this long.
+                timeout=max(1, int(timeout * 1_000_000)),
+            ),
+        )
+        response: dict[str, Any] = result.get_response()
+        try:
+            arrays = {
+                str(o["name"]): result.as_numpy(str(o["name"])) for o in response.get("outputs", ())
+            }
+        except InferenceServerException as exc:
+            raise _status_error(self.url, f"{model_name} inference answer", exc) from exc
+        return str(response.get("model_version", "")), arrays
 
     def close(self) -> None:
-        self._channel.close()
+        """Close every thread's connection; later calls raise TransportError."""
+        with self._lock:
+            self._closed = True
+            clients = list(self._clients)
+            self._clients.clear()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()

@@ -35,7 +35,7 @@ def signal_group() -> None:
     "--triton",
     "triton_url",
     default=None,
-    help="host:port of Triton's gRPC endpoint, for model plugins (triton.url).",
+    help="host:port of Triton's HTTP endpoint, for model plugins (triton.url).",
 )
 @pass_cli
 def signal_test(

@@ -61,8 +61,8 @@ def serve(cli: CliContext, duration: float | None, config_name: str | None) -> N
     try:
         with server:
             click.echo(f"Triton ready: models {', '.join(server.models)}")
-            click.echo(f"  gRPC     {server.grpc_url}   (GSS_TRITON__URL={server.grpc_url})")
-            click.echo(f"  HTTP     {server.http_url}")
+            click.echo(f"  HTTP     {server.http_url}   (GSS_TRITON__URL={server.http_url})")
+            click.echo(f"  gRPC     {server.grpc_url}")
             click.echo(f"  metrics  {server.metrics_url}")
             click.echo(f"  log      {server.log_path}")
             with contextlib.suppress(KeyboardInterrupt):
@@ -86,7 +86,7 @@ def _sample_input(shape: tuple[int, ...], datatype: str) -> Any:
 @click.option(
     "--url",
     default=None,
-    help="Triton gRPC endpoint host:port (default: triton.url; none: start a local server).",
+    help="Triton HTTP endpoint host:port (default: triton.url; none: start a local server).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per model.")
 @pass_cli

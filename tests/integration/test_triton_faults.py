@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_outage_mid_run_fails_calls_clearly_then_flow_resumes(triton: LocalTrito
     image = sample_images(1, seed=21)[0]
     expected = reference_embedding(image)
     client = ModelClient(
-        triton.grpc_url,
+        triton.http_url,
         max_wait_seconds=0.005,
         deadline_seconds=5.0,
         max_attempts=3,
@@ -77,7 +78,8 @@ def test_outage_mid_run_fails_calls_clearly_then_flow_resumes(triton: LocalTrito
         stop_submitting = threading.Event()
 
         def produce() -> None:
-            for _ in range(400):
+            # Until told to stop (Triton may take seconds to exit): at most ~20 s.
+            for _ in range(4000):
                 if stop_submitting.is_set():
                     return
                 futures.append(client.submit(MODEL, image))
@@ -107,9 +109,9 @@ def test_outage_mid_run_fails_calls_clearly_then_flow_resumes(triton: LocalTrito
         assert failed, "calls after the outage must fail, not hang"
         assert all(isinstance(e, ModelUnavailableError) for e in failed), {repr(e) for e in failed}
         message = str(failed[-1])
-        assert triton.grpc_url in message
+        assert triton.http_url in message
         assert "did not serve image_embedding" in message
-        assert "UNAVAILABLE" in message
+        assert "unavailable" in message
         assert retries() > retries_before
         for result in succeeded:
             np.testing.assert_allclose(result["EMBEDDING"], expected, atol=1e-6)
@@ -125,7 +127,7 @@ def test_call_rides_out_a_restart_within_its_deadline(triton: LocalTriton) -> No
     """With deadline and attempts to spare, a call made while Triton restarts just succeeds."""
     image = sample_images(2, seed=22)[1]
     client = ModelClient(
-        triton.grpc_url,
+        triton.http_url,
         deadline_seconds=90.0,
         max_attempts=200,
         retry_backoff_seconds=0.1,
@@ -204,7 +206,7 @@ def test_plugin_dead_letters_during_outage_and_the_job_goes_on(triton: LocalTrit
         for i, pixels in enumerate(pictures)
     ]
     client = ModelClient(
-        triton.grpc_url,
+        triton.http_url,
         deadline_seconds=3.0,
         max_attempts=2,
         retry_backoff_seconds=0.05,
@@ -223,7 +225,7 @@ def test_plugin_dead_letters_during_outage_and_the_job_goes_on(triton: LocalTrit
         client.wait_ready([MODEL], timeout_seconds=60)
         (back,) = harness.send("content.images", events[2])
         assert back.record is not None
-        value = harness.latest("images", events[2].image_signature, "embedding@1")
+        value: Any = harness.latest("images", events[2].image_signature, "embedding@1")
         assert value is not None
         np.testing.assert_allclose(
             value.values, reference_embedding(image_tensor(pictures[2])), atol=1e-6

@@ -1,7 +1,7 @@
 """The model client's batching, retries, deadlines and errors, over a fake transport.
 
-The fake stands in for Triton's gRPC endpoint only; tests/integration/test_triton_*.py run the
-same client against the real server.
+The fake stands in for compute.triton.transport (Triton's HTTP endpoint) only;
+tests/integration/test_triton_*.py run the same client against the real server.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
+import numpy.typing as npt
 import pytest
 from prometheus_client import REGISTRY
 
@@ -24,27 +24,22 @@ from compute.triton.client import (
     ModelNotFoundError,
     ModelUnavailableError,
 )
-from compute.triton.protocol import inference_pb2 as pb
+from compute.triton.transport import (
+    ErrorKind,
+    ModelConfig,
+    ModelMetadata,
+    TensorSpec,
+    TransportError,
+)
 from gss.errors import InvalidArgumentError, UnavailableError
 
 MODEL = "doubler"
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "fake") -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 class FakeTransport:
     """A model 'doubler': FP32 [4] in, 'Y' = 2x out; scripted failures before answers."""
 
-    def __init__(self, model_max_batch: int = 8, failures: Sequence[grpc.StatusCode] = ()) -> None:
+    def __init__(self, model_max_batch: int = 8, failures: Sequence[ErrorKind] = ()) -> None:
         self.model_max_batch = model_max_batch
         self.failures = list(failures)
         self.batch_sizes: list[int] = []
@@ -53,22 +48,19 @@ class FakeTransport:
         self.lock = threading.Lock()
         self.closed = False
 
-    def model_metadata(self, model_name: str, timeout: float) -> pb.ModelMetadataResponse:
+    def model_metadata(self, model_name: str, timeout: float) -> ModelMetadata:
         if model_name != MODEL:
-            raise FakeRpcError(grpc.StatusCode.NOT_FOUND, f"unknown model {model_name}")
-        return pb.ModelMetadataResponse(
+            raise TransportError("not_found", f"unknown model {model_name}")
+        return ModelMetadata(
             name=MODEL,
-            versions=["1", "3"],
-            inputs=[
-                pb.ModelMetadataResponse.TensorMetadata(name="X", datatype="FP32", shape=[-1, 4])
-            ],
-            outputs=[
-                pb.ModelMetadataResponse.TensorMetadata(name="Y", datatype="FP32", shape=[-1, 4])
-            ],
+            versions=("1", "3"),
+            platform="python",
+            inputs=(TensorSpec("X", "FP32", (-1, 4)),),
+            outputs=(TensorSpec("Y", "FP32", (-1, 4)),),
         )
 
-    def model_config(self, model_name: str, timeout: float) -> pb.ModelConfig:
-        return pb.ModelConfig(name=model_name, max_batch_size=self.model_max_batch)
+    def model_config(self, model_name: str, timeout: float) -> ModelConfig:
+        return ModelConfig(name=model_name, max_batch_size=self.model_max_batch)
 
     def model_ready(self, model_name: str, timeout: float) -> bool:
         return True
@@ -86,7 +78,7 @@ class FakeTransport:
         if self.delay:
             time.sleep(self.delay)
         if failure is not None:
-            raise FakeRpcError(failure, f"scripted {failure.name}")
+            raise TransportError(failure, f"scripted {failure}")
         x = inputs["X"]
         with self.lock:
             self.batch_sizes.append(x.shape[0])
@@ -109,7 +101,7 @@ def make_client(transport: FakeTransport, **overrides: Any) -> ModelClient:
     return ModelClient("fake:1", transport=transport, **options)
 
 
-def item(value: float) -> np.ndarray:
+def item(value: float) -> npt.NDArray[np.float32]:
     return np.full(4, value, dtype=np.float32)
 
 
@@ -151,8 +143,8 @@ def test_infer_batch_splits_by_the_smaller_batch_limit_and_keeps_order() -> None
 
 
 def test_transient_errors_are_retried_then_succeed() -> None:
-    """UNAVAILABLE twice, then an answer: the call succeeds and two retries are counted."""
-    transport = FakeTransport(failures=[grpc.StatusCode.UNAVAILABLE] * 2)
+    """Unavailable twice, then an answer: the call succeeds and two retries are counted."""
+    transport = FakeTransport(failures=["unavailable"] * 2)
     retries_before = metric("gss_model_retries_total")
     with make_client(transport, max_attempts=3) as client:
         result = client.infer_batch(MODEL, [item(1)])
@@ -162,23 +154,23 @@ def test_transient_errors_are_retried_then_succeed() -> None:
 
 
 def test_persistent_unavailability_raises_after_max_attempts() -> None:
-    """A server that stays UNAVAILABLE gives ModelUnavailableError after exactly max_attempts."""
-    transport = FakeTransport(failures=[grpc.StatusCode.UNAVAILABLE] * 10)
-    errors_before = metric("gss_model_errors_total", code="UNAVAILABLE")
+    """A server that stays unavailable gives ModelUnavailableError after exactly max_attempts."""
+    transport = FakeTransport(failures=["unavailable"] * 10)
+    errors_before = metric("gss_model_errors_total", kind="unavailable")
     with make_client(transport, max_attempts=3) as client:
         future = client.submit(MODEL, item(1))
         with pytest.raises(ModelUnavailableError, match=r"fake:1 did not serve doubler") as caught:
             future.result(timeout=10)
     assert isinstance(caught.value, UnavailableError)
     assert caught.value.model_name == MODEL
-    assert "UNAVAILABLE" in str(caught.value)
+    assert "unavailable" in str(caught.value)
     assert transport.attempts == 3
-    assert metric("gss_model_errors_total", code="UNAVAILABLE") - errors_before == 3
+    assert metric("gss_model_errors_total", kind="unavailable") - errors_before == 3
 
 
 def test_deadline_bounds_the_call_including_retries() -> None:
     """With attempts left but the deadline spent, the call stops at the deadline."""
-    transport = FakeTransport(failures=[grpc.StatusCode.UNAVAILABLE] * 100)
+    transport = FakeTransport(failures=["unavailable"] * 100)
     with (
         make_client(
             transport, max_attempts=100, retry_backoff_seconds=0.05, retry_backoff_max_seconds=0.05
@@ -190,32 +182,32 @@ def test_deadline_bounds_the_call_including_retries() -> None:
 
 
 def test_deadline_exceeded_is_not_retried() -> None:
-    """DEADLINE_EXCEEDED means the budget is gone: one attempt, then ModelUnavailableError."""
-    transport = FakeTransport(failures=[grpc.StatusCode.DEADLINE_EXCEEDED])
+    """A deadline error means the budget is gone: one attempt, then ModelUnavailableError."""
+    transport = FakeTransport(failures=["deadline"])
     with make_client(transport) as client, pytest.raises(ModelUnavailableError):
         client.infer_batch(MODEL, [item(1)])
     assert transport.attempts == 1
 
 
 @pytest.mark.parametrize(
-    ("code", "error"),
+    ("kind", "error"),
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, ModelInputError),
-        (grpc.StatusCode.INTERNAL, ModelExecutionError),
+        ("invalid", ModelInputError),
+        ("internal", ModelExecutionError),
     ],
 )
-def test_permanent_errors_are_not_retried(code: grpc.StatusCode, error: type[Exception]) -> None:
-    """Server-side rejections and model failures raise at once, with the status in the message."""
-    transport = FakeTransport(failures=[code])
-    expected = code.name if error is ModelExecutionError else "doubler"
+def test_permanent_errors_are_not_retried(kind: ErrorKind, error: type[Exception]) -> None:
+    """Server-side rejections and model failures raise at once, with the kind in the message."""
+    transport = FakeTransport(failures=[kind])
+    expected = kind if error is ModelExecutionError else "doubler"
     with make_client(transport) as client, pytest.raises(error, match=expected):
         client.infer(MODEL, item(1))
     assert transport.attempts == 1
 
 
 def test_model_gone_after_first_contact_is_retried() -> None:
-    """NOT_FOUND for a model whose metadata was served (unloading during a restart) is retried."""
-    transport = FakeTransport(failures=[grpc.StatusCode.NOT_FOUND])
+    """not_found for a model whose metadata was served (unloading in a restart) is retried."""
+    transport = FakeTransport(failures=["not_found"])
     with make_client(transport) as client:
         result = client.infer(MODEL, item(1))
     np.testing.assert_array_equal(result["Y"], item(2))
@@ -286,7 +278,7 @@ def test_in_flight_requests_are_capped() -> None:
 
 
 def test_close_finishes_queued_items_and_refuses_new_ones() -> None:
-    """close() lets queued items complete, closes the channel, then submit raises."""
+    """close() lets queued items complete, closes the transport, then submit raises."""
     transport = FakeTransport()
     client = make_client(transport, max_wait_seconds=0.3)
     future = client.submit(MODEL, item(1))

@@ -65,6 +65,7 @@ def test_command_binds_loopback_and_uses_a_private_backend_dir() -> None:
         assert stub.is_symlink()
         assert stub.resolve() == python_stub().resolve()
         assert server.grpc_url == "127.0.0.1:1001"
+        assert server.http_url == "127.0.0.1:1002"
     finally:
         server.close()
     assert not backend_dir.exists()
@@ -78,8 +79,8 @@ def test_urls_need_a_started_server() -> None:
 
 def test_configured_url_is_used_as_is() -> None:
     """With TritonSettings.url set, triton_url yields it and starts nothing."""
-    with triton_url(TritonSettings(url="triton.models.svc:8001")) as url:
-        assert url == "triton.models.svc:8001"
+    with triton_url(TritonSettings(url="triton.models.svc:8000")) as url:
+        assert url == "triton.models.svc:8000"
 
 
 def test_cli_lists_repository_models() -> None:
