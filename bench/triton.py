@@ -3,11 +3,11 @@
 1. Baseline: the served image_embedding code (compute/models/image_embedding/1/model.py)
    called in-process on batches of 32, no server: inferences/s.
 2. A local Triton over compute/models (nvidia-pytriton's tritonserver, CPU) and a
-   ModelClient with ``max_batch_size`` 1, 8 and 32. Closed loop, the way model plugins call
-   it: ``2 x batch size`` (at least 2) asyncio tasks each awaiting
-   ``client.submit(model, image)`` one record at a time, for ``GSS_BENCH_TRITON_SECONDS``
-   (default 4) after a warm-up. Reported: inferences/s, p99 per-record latency, and the mean
-   batch Triton actually executed (its own statistics).
+   ModelClient (over HTTP, tritonclient.http) with ``max_batch_size`` 1, 8 and 32. Closed
+   loop, the way model plugins call it: ``2 x batch size`` (at least 2) asyncio tasks each
+   awaiting ``client.submit(model, image)`` one record at a time, for
+   ``GSS_BENCH_TRITON_SECONDS`` (default 4) after a warm-up. Reported: inferences/s, p99
+   per-record latency, and the mean batch Triton actually executed (its own statistics).
 
 Returns the ``triton`` section of bench/report.json.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from compute.triton.client import ModelClient
 from compute.triton.server import LocalTriton
@@ -43,7 +44,7 @@ def _served_model(repository: Path) -> Any:
     return module
 
 
-def raw_numpy_rate(repository: Path, images: np.ndarray, seconds: float) -> float:
+def raw_numpy_rate(repository: Path, images: npt.NDArray[np.uint8], seconds: float) -> float:
     """Inferences/s of the model's own numpy code on batches of 32, in-process."""
     model = _served_model(repository)
     projection = model.projection_matrix()
@@ -58,7 +59,7 @@ def raw_numpy_rate(repository: Path, images: np.ndarray, seconds: float) -> floa
 
 
 async def _closed_loop(
-    client: ModelClient, images: np.ndarray, concurrency: int, seconds: float
+    client: ModelClient, images: npt.NDArray[np.uint8], concurrency: int, seconds: float
 ) -> tuple[int, list[float], float]:
     latencies: list[float] = []
     calls = 0
@@ -80,7 +81,7 @@ async def _closed_loop(
 
 
 def client_path(
-    url: str, images: np.ndarray, batch_size: int, seconds: float
+    url: str, images: npt.NDArray[np.uint8], batch_size: int, seconds: float
 ) -> dict[str, float | int]:
     concurrency = max(2, 2 * batch_size)
     with ModelClient(url, max_batch_size=batch_size, max_wait_seconds=0.002) as client:
@@ -112,7 +113,7 @@ def run(report_dir: Path) -> dict[str, Any]:
     }
     with LocalTriton(repository) as triton:
         for batch_size in BATCH_SIZES:
-            figures = client_path(triton.grpc_url, images, batch_size, seconds)
+            figures = client_path(triton.http_url, images, batch_size, seconds)
             figures["ratio_to_raw_numpy"] = round(float(figures["inferences_per_s"]) / raw, 4)
             result[f"batch_{batch_size}"] = figures
     return result
