@@ -1,7 +1,9 @@
 """The main job on one machine: every part of GSS started by the project's own code.
 
 ``gss run`` (and ``make run``) calls :func:`run_local_stack`: the GSS server over a local
-RocksDB, example values written through PutSignals, and lookups printed as they land.
+RocksDB, a local Kafka-protocol broker (unless kafka.bootstrap_servers points at one), example
+values written through PutSignals (so through the changelog and the ingester), lookups printed
+as they land, and the availability events the outbox publishes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import TextIO
 import structlog
 
 from clients.lookup import GssClient, make_record
+from gss.kafka.broker import LocalBroker
+from gss.kafka.watch import EventEcho
 from gss.server import start_server
 from gss.settings import Settings
 from gss.v1 import envelope_pb2, signals_pb2
@@ -63,12 +67,23 @@ def run_local_stack(
         signal.signal(signum, lambda *_: stop.set())
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        local_broker = not settings.kafka.bootstrap_servers
+        if local_broker:
+            broker = stack.enter_context(LocalBroker())
+            kafka = settings.kafka.model_copy(
+                update={"bootstrap_servers": broker.bootstrap_servers}
+            )
+            settings = settings.model_copy(update={"kafka": kafka})
+            out.write(f"local Kafka-protocol broker on {broker.bootstrap_servers} (in memory)\n")
         server = start_server(settings)
         stack.callback(server.stop)
         out.write(f"GSS serving on {server.address}; store at {settings.store.path}\n")
+        stack.enter_context(
+            EventEcho(settings.kafka, server.registry, out, from_beginning=local_broker)
+        )
         client = stack.enter_context(GssClient(server.address))
         records = example_records(datetime.now(UTC))
-        outcomes = client.put(records)
+        outcomes = client.put(records, wait_readable=True)
         out.write(f"wrote {len(records)} example values through PutSignals: outcomes {outcomes}\n")
         for galaxy, ids, names in (
             ("images", [records[0].entity_id], ["dominant_colors", "dhash"]),
