@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from gss.kafka.config import consumer_config, producer_config
 from gss.kafka.topics import TopicKind, galaxy_topics, topic_name
@@ -57,3 +60,15 @@ def test_topics_follow_the_templates_and_galaxy_partitions(registry: Registry) -
     assert topic_name(kafka, TopicKind.CHANGELOG, "images") == "prod.images.log"
     assert specs["gss.pins.dlq"].partitions == registry.galaxy("pins").partitions
     assert len(specs) == 3 * len(registry.galaxies)
+
+
+def test_strimzi_topics_match_the_registry(registry: Registry) -> None:
+    """deploy/kafka declares every galaxy's three topics with the galaxy's partition count."""
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "topics.yaml"
+    declared = {
+        doc["spec"]["topicName"]: doc["spec"]["partitions"]
+        for doc in yaml.safe_load_all(manifest.read_text())
+        if doc and doc.get("kind") == "KafkaTopic"
+    }
+    wanted = {spec.name: spec.partitions for spec in galaxy_topics(KafkaSettings(), registry)}
+    assert declared == wanted
