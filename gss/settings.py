@@ -145,6 +145,10 @@ class ComputeSettings(BaseModel):
     # Restarts from the latest checkpoint after a failure, this many times, this far apart.
     restart_attempts: int = Field(default=10, ge=0)
     restart_delay_seconds: float = Field(default=2.0, ge=0)
+    # Local mode: "process" runs plugins in Python worker processes as a cluster does (a
+    # crashing plugin cannot take the caller down); "loopback" runs them in the calling
+    # process (starts faster, shares its GIL).
+    python_workers: Literal["process", "loopback"] = "process"
     # Flink's Prometheus reporter port in local mode (0: no reporter).
     metrics_port: int = 9249
     # The Flink Kafka connector jars (`python -m compute.flink.jars`); None: ~/.cache/gss/flink-jars.

@@ -14,9 +14,11 @@ from ``compute.start_from``; checkpoints commit offsets and snapshot window and 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_java_class
 
 from compute.binding import Bound
+from compute.flink import gateway
 from compute.flink import operators as ops
 from compute.flink.jars import ensure_jars
 from compute.plugin import Shape, Sliding
@@ -46,6 +49,7 @@ from gss.settings import Settings
 # value's way through the job well under a second (PyFlink's defaults are 1 s / 100k).
 BUNDLE_TIME_MS = 20
 BUNDLE_SIZE = 500
+_WORKER_MODE = "_python_worker_execution_mode"
 
 
 def flink_configuration(settings: Settings) -> Configuration:
@@ -91,12 +95,36 @@ def flink_configuration(settings: Settings) -> Configuration:
     return conf
 
 
+@contextlib.contextmanager
+def python_workers(settings: Settings) -> Iterator[None]:
+    """Around building and submitting a job: where a local job's Python code runs.
+
+    PyFlink reads ``_python_worker_execution_mode`` whenever it wraps an environment (which
+    some operators do while the pipeline is built); unset, a local job runs its Python in
+    the calling process ("loopback").
+    """
+    if settings.compute.mode != "local":
+        yield
+        return
+    previous = os.environ.get(_WORKER_MODE)
+    os.environ[_WORKER_MODE] = settings.compute.python_workers
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_WORKER_MODE, None)
+        else:
+            os.environ[_WORKER_MODE] = previous
+
+
 def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment configured for ``settings.compute``.
 
     In ``application`` mode the Flink client that runs this code (``flink run``, the
     operator's PythonDriver) provides the cluster; the job settings still apply.
     """
+    if settings.compute.mode == "local" and settings.compute.metrics_port:
+        gateway.prepare_local()  # before anything starts the gateway JVM
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     env.set_parallelism(settings.compute.parallelism)
     env.enable_checkpointing(int(settings.compute.checkpoint_interval_seconds * 1000))

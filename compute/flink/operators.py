@@ -8,11 +8,14 @@ under the group ``signal=<galaxy/name@version>`` (docs/compute.md lists them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pyflink.common import Row, Time, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
@@ -45,11 +48,34 @@ def sink_row(row: SinkRow) -> Row:
     return Row(row[0], row[1], row[2])
 
 
+@functools.cache
+def worker_logging() -> None:
+    """Structlog in a Python worker: JSON lines on stderr, which Flink keeps in its logs.
+
+    PyFlink's workers replace ``print`` with one that takes no ``flush`` argument, so
+    structlog's print-based default logger would fail there.
+    """
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
 class Tallies:
-    """Flink counters of each plugin, created on first use: ``tallies.of(bound)(name, n)``."""
+    """Flink counters of each plugin, created on first use: ``tallies.of(bound)(name, n)``.
+
+    Made in every function's ``open``, which is also where worker logging is set up.
+    """
 
     def __init__(self, context: RuntimeContext) -> None:
-        self._group = context.get_metrics_group()
+        worker_logging()
+        self._group = context.get_metrics_group().add_group("gss")
         self._counters: dict[tuple[str, str], Any] = {}
 
     def of(self, bound: Bound) -> runtime.Tally:

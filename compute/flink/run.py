@@ -105,14 +105,20 @@ class ComputeJob:
         return str(self._client.get_job_id()) if self._client is not None else None
 
     def start(self) -> ComputeJob:
-        from compute.flink.job import build_pipeline, create_environment, plugin_jobs_summary
+        from compute.flink.job import (
+            build_pipeline,
+            create_environment,
+            plugin_jobs_summary,
+            python_workers,
+        )
 
         if self.create_topics:
             ensure_topics(self.settings, self.bounds, self.registry)
         started = time.monotonic()
-        env = create_environment(self.settings)
-        build_pipeline(env, self.bounds, self.settings)
-        self._client = env.execute_async(self.settings.compute.job_name)
+        with python_workers(self.settings):
+            env = create_environment(self.settings)
+            build_pipeline(env, self.bounds, self.settings)
+            self._client = env.execute_async(self.settings.compute.job_name)
         log.info(
             "compute_job_started",
             job_id=self.job_id,
@@ -173,13 +179,19 @@ def execute(settings: Settings) -> None:
     What ``python -m compute.flink`` does: under ``flink run`` or the operator's
     PythonDriver the client submits it to its cluster; alone it runs a MiniCluster.
     """
-    from compute.flink.job import build_pipeline, create_environment, plugin_jobs_summary
+    from compute.flink.job import (
+        build_pipeline,
+        create_environment,
+        plugin_jobs_summary,
+        python_workers,
+    )
 
     registry = load_registry(settings.registry_path)
     bounds = bound_plugins(settings, None, registry)
     if settings.kafka.bootstrap_servers:
         ensure_topics(settings, bounds, registry)
-    env = create_environment(settings)
-    build_pipeline(env, bounds, settings)
-    log.info("compute_job_submitting", plugins=plugin_jobs_summary(bounds))
-    env.execute(settings.compute.job_name)
+    with python_workers(settings):
+        env = create_environment(settings)
+        build_pipeline(env, bounds, settings)
+        log.info("compute_job_submitting", plugins=plugin_jobs_summary(bounds))
+        env.execute(settings.compute.job_name)

@@ -1,0 +1,362 @@
+"""Compute plugins end to end, each scenario in both execution modes.
+
+``harness``: the plugins in-process (compute.harness). ``flink``: one Flink MiniCluster job
+running every plugin, reading from and writing to a real tansu broker; results are read
+back from the changelog and dead-letter topics. The Flink job is started once for the
+module (it takes seconds) and each test uses its own entities.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import tests.compute_plugins as test_plugins
+from compute.examples.images.dhash import dhash
+from compute.examples.images.dominant_colors import dominant_colors
+from compute.examples.images.near_duplicate_of import near_duplicate_of
+from compute.examples.pins.save_count_1h import save_count_1h
+from compute.flink import gateway
+from compute.flink.run import ComputeJob
+from compute.generator import ContentGenerator
+from compute.harness import LocalHarness
+from compute.plugin import Plugin
+from gss.registry import load_registry
+from gss.settings import load_settings
+from gss.v1 import compute_pb2
+from gss.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from gss.v1.signals_pb2 import DHash, NearDuplicate, WindowedCount
+from tests.compute_support import (
+    FlinkRunner,
+    HarnessRunner,
+    Runner,
+    TopicReader,
+    all_topics,
+    write_test_registry,
+)
+
+pytestmark = pytest.mark.integration
+
+# The test plugins are not importable on Flink's Python workers: ship them by value.
+cloudpickle.register_pickle_by_value(test_plugins)
+
+EXAMPLES: list[Plugin] = [dominant_colors, dhash, near_duplicate_of, save_count_1h]
+PLUGINS = EXAMPLES + test_plugins.PLUGINS
+Reason = compute_pb2.DeadLetter.Reason
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def image_key(event: ImageEvent) -> bytes:
+    return event.image_signature
+
+
+def pin_key(event: PinEngagementEvent) -> bytes:
+    return event.pin_id.to_bytes(8, "big")
+
+
+def pin(
+    pin_id: int, user_id: int, at: datetime, action: int = PinEngagementEvent.SAVE
+) -> PinEngagementEvent:
+    event = PinEngagementEvent(pin_id=pin_id, user_id=user_id, action=action)  # type: ignore[arg-type]
+    event.event_time.FromDatetime(at)
+    return event
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_registry(tmp_path_factory.mktemp("compute-registry"))
+
+
+@pytest.fixture(scope="module")
+def flink_runner(
+    registry_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FlinkRunner]:
+    """A broker, one Flink job with every plugin (plus one that crashes its worker once), and a
+    reader of every changelog and dead-letter topic."""
+    from gss.kafka.broker import LocalBroker
+
+    marker = tmp_path_factory.mktemp("crash") / "crashed"
+    metrics_port = _free_port()
+    with LocalBroker() as broker:
+        settings = load_settings(
+            registry_path=str(registry_path),
+            kafka={"bootstrap_servers": broker.bootstrap_servers},
+            compute={
+                "job_name": "gss-compute-tests",
+                "checkpoint_interval_seconds": 1.0,
+                "restart_delay_seconds": 0.5,
+                "idle_source_seconds": 1.0,
+                "metrics_port": metrics_port,
+            },
+        )
+        registry = load_registry(registry_path)
+        job = ComputeJob(
+            settings, [*PLUGINS, test_plugins.crashing_plugin(marker)], registry=registry
+        )
+        reader = TopicReader(broker.bootstrap_servers, all_topics(settings, registry))
+        runner = FlinkRunner(settings, registry, reader)
+        try:
+            job.start()
+            runner.job = job  # type: ignore[attr-defined]
+            runner.crash_marker = marker  # type: ignore[attr-defined]
+            runner.metrics_port = metrics_port  # type: ignore[attr-defined]
+            yield runner
+        finally:
+            job.stop()
+            reader.close()
+            runner.close()
+            gateway.shutdown()
+
+
+@pytest.fixture(params=["harness", "flink"])
+def runner(request: pytest.FixtureRequest, registry_path: Path) -> Runner:
+    """The same scenario API over the in-process harness and the Flink job."""
+    if request.param == "flink":
+        flink: FlinkRunner = request.getfixturevalue("flink_runner")
+        return flink
+    settings = load_settings(registry_path=str(registry_path))
+    return HarnessRunner(LocalHarness(PLUGINS, settings=settings))
+
+
+def metric(runner: Runner, ref: str, name: str) -> float:
+    """A plugin counter: the harness's tally, or Flink's Prometheus reporter (summed)."""
+    if isinstance(runner, HarnessRunner):
+        return float(runner.harness.metrics[(ref, name)])
+    port = runner.metrics_port  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    label = re.sub(r"[^a-zA-Z0-9]", "_", ref)  # the reporter's label value spelling
+    pattern = re.compile(rf'^\S*_gss_signal_{name}\{{[^}}]*signal="{label}"[^}}]*\}} (\S+)$', re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def test_image_examples_write_the_values_their_functions_compute(runner: Runner) -> None:
+    """dominant_colors and dhash values on the changelog equal the functions applied directly;
+    a new image with no earlier near duplicate is its own canonical."""
+    generator = ContentGenerator(seed=101, duplicate_fraction=0.0)
+    events = [generator.next_image(T0 + timedelta(seconds=i))[2] for i in range(3)]
+    runner.send("content.images", events, key=image_key)
+    for event in events:
+        assert isinstance(event, ImageEvent)
+        got = runner.wait_latest("images", event.image_signature, "dominant_colors@1")
+        assert got == dominant_colors(event)
+        assert runner.wait_latest("images", event.image_signature, "dhash@1") == dhash(event)
+        canonical = runner.wait_latest("images", event.image_signature, "near_duplicate_of@1")
+        assert canonical.canonical_entity_id == event.image_signature.hex()
+
+
+def test_near_duplicate_found_when_the_original_arrives_after_the_copy(runner: Runner) -> None:
+    """The join on dhash bands: a copy seen before its (earlier) original is re-evaluated
+    when the original arrives, and names it, with their Hamming distance."""
+    generator = ContentGenerator(seed=202)
+    original_pixels = generator.picture()
+    copy_pixels = generator.near_duplicate(original_pixels)
+    from compute.content import image_event
+
+    original = image_event(original_pixels, T0 + timedelta(minutes=1))
+    copy = image_event(copy_pixels, T0 + timedelta(minutes=2))
+    distance = (dhash(original).hash ^ dhash(copy).hash).bit_count()
+    assert distance <= 6, "the generator's near duplicates stay within 6 bits"
+    runner.send("content.images", [copy], key=image_key)
+    runner.wait_latest("images", copy.image_signature, "near_duplicate_of@1")
+    runner.send("content.images", [original], key=image_key)
+    expected = NearDuplicate(
+        canonical_entity_id=original.image_signature.hex(), hamming_distance=distance
+    )
+    assert (
+        runner.wait_latest(
+            "images", copy.image_signature, "near_duplicate_of@1", lambda v: v == expected
+        )
+        == expected
+    )
+    own = runner.wait_latest("images", original.image_signature, "near_duplicate_of@1")
+    assert own.canonical_entity_id == original.image_signature.hex()
+
+
+def test_windowed_counts_with_out_of_order_late_and_too_late_events(runner: Runner) -> None:
+    """pins/save_count_1h@1: out-of-order saves count in their window; a late save within the
+    allowed lateness (10 min) updates the window; one after it is a TOO_LATE dead letter."""
+    pin_id = 4242
+    hour = T0 + timedelta(hours=5)
+
+    def window_count(start: datetime) -> int | None:
+        for value in reversed(runner.values("pins", pin_id, "save_count_1h@1")):
+            assert isinstance(value, WindowedCount)
+            if value.window_start.ToDatetime(UTC) == start:
+                return value.count
+        return None
+
+    runner.send(
+        "content.pins",
+        [
+            pin(pin_id, 1, hour + timedelta(minutes=10)),
+            pin(pin_id, 2, hour + timedelta(minutes=40)),
+            pin(pin_id, 3, hour + timedelta(minutes=5)),  # out of order
+            pin(
+                pin_id, 4, hour + timedelta(minutes=20), PinEngagementEvent.IMPRESSION
+            ),  # not a save
+            pin(pin_id, 5, hour + timedelta(minutes=30)),
+        ],
+        key=pin_key,
+    )
+    # The next hour's first save moves the watermark past the first window's end.
+    runner.send("content.pins", [pin(pin_id, 6, hour + timedelta(hours=1, minutes=1))], key=pin_key)
+    runner.wait_for("the first window", lambda: window_count(hour) == 4)
+    value = runner.latest("pins", pin_id, "save_count_1h@1")
+    assert value is not None
+    assert value.window_end.ToDatetime(UTC) == hour + timedelta(hours=1)
+
+    runner.send(
+        "content.pins", [pin(pin_id, 7, hour + timedelta(minutes=55))], key=pin_key
+    )  # late, allowed
+    runner.wait_for("the late update", lambda: window_count(hour) == 5)
+
+    # Past the second window's end (and the first one's lateness), then a save for hour one.
+    runner.send(
+        "content.pins", [pin(pin_id, 8, hour + timedelta(hours=2, minutes=15))], key=pin_key
+    )
+    runner.wait_for("the second window", lambda: window_count(hour + timedelta(hours=1)) == 1)
+    runner.send("content.pins", [pin(pin_id, 9, hour + timedelta(minutes=50))], key=pin_key)
+    letter = runner.wait_dead_letter(
+        lambda d: d.reason == Reason.TOO_LATE and d.entity_id == str(pin_id)
+    )
+    assert letter.signal.name == "save_count_1h"
+    assert PinEngagementEvent.FromString(letter.input).user_id == 9
+    assert window_count(hour) == 5
+
+
+def test_sliding_windows_sum_each_overlapping_window(runner: Runner) -> None:
+    """A 10-minute window every 5 minutes: each event is in two windows, each window sums its own."""
+    pin_id = 77
+    base = T0 + timedelta(days=1)
+    runner.send(
+        "test.sliding",
+        [
+            pin(pin_id, 1, base + timedelta(minutes=1)),
+            pin(pin_id, 2, base + timedelta(minutes=6)),
+            pin(pin_id, 4, base + timedelta(minutes=12)),
+            pin(pin_id, 100, base + timedelta(minutes=40)),  # closes every window above
+        ],
+        key=pin_key,
+    )
+
+    def sums() -> dict[int, int]:
+        values = runner.values("tests", pin_id, "sliding@1")
+        return {v.hash % 1_000_000: v.hash // 1_000_000 for v in values if isinstance(v, DHash)}
+
+    # Keys are window starts in minutes of the day: base is midnight.
+    expected = {24 * 60 - 5: 1, 0: 3, 5: 6, 10: 4}
+    got = runner.wait_for(
+        "four windows", lambda: sums() if all(k in sums() for k in expected) else None
+    )
+    assert {k: got[k] for k in expected} == expected
+
+
+def test_join_waits_for_its_missing_input_then_follows_updates(runner: Runner) -> None:
+    """tests/both@1 joins left and right of the same entity: nothing until right arrives,
+    then left*1000+right, recomputed when an input changes."""
+    pin_id = 501
+    runner.send("test.left", [pin(pin_id, 3, T0)], key=pin_key)
+    runner.wait_latest("tests", pin_id, "left@1")
+    runner.settle()
+    assert runner.latest("tests", pin_id, "both@1") is None
+    runner.send("test.right", [pin(pin_id, 4, T0 + timedelta(seconds=1))], key=pin_key)
+    assert runner.wait_latest("tests", pin_id, "both@1") == DHash(hash=3004)
+    runner.send("test.left", [pin(pin_id, 5, T0 + timedelta(seconds=2))], key=pin_key)
+    assert runner.wait_latest("tests", pin_id, "both@1", lambda v: v.hash == 5004) == DHash(
+        hash=5004
+    )
+
+
+def test_failing_plugin_is_retried_then_dead_lettered_while_others_flow(runner: Runner) -> None:
+    """A record whose plugin keeps raising goes to gss.tests.dlq after 3 attempts with the error;
+    one that fails once is retried and written; a wrong output type is dead-lettered at once;
+    records after them are written; the counters say so."""
+    users = {
+        601: 1,
+        602: test_plugins.UNLUCKY,
+        603: test_plugins.SHAKY,
+        604: test_plugins.WRONG_TYPE,
+        605: 2,
+    }
+    runner.send("test.flaky", [pin(p, u, T0) for p, u in users.items()], key=pin_key)
+    for pin_id in (601, 603, 605):
+        assert runner.wait_latest("tests", pin_id, "flaky@1") == DHash(hash=users[pin_id])
+    unlucky = runner.wait_dead_letter(lambda d: d.entity_id == "602")
+    assert (unlucky.reason, unlucky.attempts, unlucky.error_type) == (
+        Reason.PLUGIN_ERROR,
+        3,
+        "ValueError",
+    )
+    assert "unlucky" in unlucky.error
+    assert unlucky.galaxy == "tests"
+    assert unlucky.input_topic == "test.flaky"
+    assert PinEngagementEvent.FromString(unlucky.input).pin_id == 602
+    wrong = runner.wait_dead_letter(lambda d: d.entity_id == "604")
+    assert (wrong.reason, wrong.attempts) == (Reason.BAD_OUTPUT, 1)
+    assert runner.latest("tests", 602, "flaky@1") is None
+    assert runner.latest("tests", 604, "flaky@1") is None
+    ref = "tests/flaky@1"
+    runner.wait_for("counters", lambda: metric(runner, ref, "dead_letters_total") >= 2)
+    assert metric(runner, ref, "dead_letters_total") == 2
+    assert metric(runner, ref, "retries_total") == 3  # two for 602, one for 603
+    assert metric(runner, ref, "values_total") == 3
+
+
+def test_undecodable_content_is_dead_lettered_per_plugin(runner: Runner) -> None:
+    """Bytes that are not an ImageEvent become BAD_INPUT dead letters (one per plugin reading
+    the topic) and the plugins go on with the next record."""
+    garbage = b"\xff\x00 not a protobuf"
+    if isinstance(runner, HarnessRunner):
+        runner.harness.send("content.images", garbage)
+    else:
+        runner._producer.produce("content.images", key=b"junk", value=garbage)
+        runner._producer.flush(10)
+    runner.wait_for(
+        "two dead letters",
+        lambda: (
+            len(
+                [
+                    d
+                    for d in runner.dead_letters()
+                    if d.reason == Reason.BAD_INPUT and d.input == garbage
+                ]
+            )
+            == 2
+        ),
+    )
+    letters = [d for d in runner.dead_letters() if d.input == garbage]
+    assert sorted(d.signal.name for d in letters) == ["dhash", "dominant_colors"]
+    event = ContentGenerator(seed=303).next_image(T0)[2]
+    runner.send("content.images", [event], key=image_key)
+    runner.wait_latest("images", event.image_signature, "dhash@1")  # type: ignore[attr-defined]
+
+
+def test_records_survive_a_python_worker_crash(flink_runner: FlinkRunner) -> None:
+    """At-least-once: a plugin kills its Python worker mid-stream; Flink restarts the job from
+    its last checkpoint and every input still gets its value (duplicates allowed)."""
+    pins = {700 + i: i for i in range(1, 21)}
+    pins[710] = 666
+    flink_runner.send("test.crashy", [pin(p, u, T0) for p, u in pins.items()], key=pin_key)
+    for pin_id, user in pins.items():
+        got = flink_runner.wait_latest("tests", pin_id, "crashy@1", timeout=120)
+        assert got == DHash(hash=user)
+    assert flink_runner.crash_marker.exists()  # type: ignore[attr-defined]
+    assert flink_runner.job.status() == "RUNNING"  # type: ignore[attr-defined]
+    port = flink_runner.metrics_port  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    restarts = re.search(r"^flink_jobmanager_job_numRestarts\{[^}]*\} (\S+)$", text, re.M)
+    assert restarts is not None
+    assert float(restarts.group(1)) >= 1
