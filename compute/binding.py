@@ -141,7 +141,7 @@ def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: 
         key_length=galaxy.codec.length,
         value_type=spec.value_type,
         changelog_topic=changelog,
-        dlq_topic=kafka.topic(kafka.dlq_topic, galaxy.name),
+        dlq_topic=kafka.topic(settings.compute.dlq_topic, galaxy.name),
         input_topic=input_topic,
         producer=producer,
         imports=registry.imports,

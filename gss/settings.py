@@ -129,6 +129,9 @@ class ComputeSettings(BaseModel):
     # Names the Flink job; also its Kafka consumer group, the envelopes' producer
     # ("flink:<job_name>") and the prefix of its Kafka transactional ids.
     job_name: str = "gss-compute"
+    # Dead letters of the plugins, per galaxy. Not the ingester's gss.<galaxy>.dlq: PyFlink's
+    # Kafka sink cannot set record headers, so these carry a gss.v1.DeadLetter value instead.
+    dlq_topic: str = "gss.{galaxy}.compute-dlq"
     # Modules, packages or .py paths whose plugins the job runs.
     plugins: list[str] = Field(default_factory=lambda: ["compute.examples"])
     # at-least-once: values are visible at once, a restart may write some again (GSS applies

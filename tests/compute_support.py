@@ -205,20 +205,32 @@ class TopicReader:
 
 
 class FlinkRunner(Runner):
+    """Produces to the broker the Flink job reads; answers ``latest`` through GSS lookups
+    (a server whose ingester materialises the changelogs) and history from the changelogs."""
+
     mode = "flink"
 
-    def __init__(self, settings: Settings, registry: Registry, reader: TopicReader) -> None:
+    def __init__(self, settings: Settings, registry: Registry, reader: TopicReader,
+                 gss_target: str) -> None:
         from confluent_kafka import Producer
 
+        from clients.lookup import GssClient
         from compute.generator import producer_config
 
         self.settings = settings
         self.registry = registry
         self.reader = reader
         self._producer = Producer(producer_config(settings))
+        self._gss = GssClient(gss_target)
         kafka = settings.kafka
         self._changelogs = [kafka.topic(kafka.changelog_topic, g) for g in registry.galaxies]
-        self._dlqs = [kafka.topic(kafka.dlq_topic, g) for g in registry.galaxies]
+        self._dlqs = [kafka.topic(settings.compute.dlq_topic, g) for g in registry.galaxies]
+
+    def latest(self, galaxy: str, entity_id: str | int | bytes, signal: str) -> Message | None:
+        """What GSS serves for the entity's signal now (GetSignals)."""
+        (row,) = self._gss.get(galaxy, [entity_id], [signal])
+        cell = row.signals[signal]
+        return cell.value if cell.found else None
 
     def send(
         self, topic: str, events: Sequence[Message], *, key: Callable[[Message], bytes]
@@ -248,6 +260,7 @@ class FlinkRunner(Runner):
         self._producer.flush(5)
         del self._producer
         gc.collect()
+        self._gss.close()
 
 
 def load_test_registry(path: Path) -> Registry:
@@ -255,12 +268,12 @@ def load_test_registry(path: Path) -> Registry:
 
 
 def all_topics(settings: Settings, registry: Registry, extra: Iterable[str] = ()) -> dict[str, int]:
-    """Changelog and DLQ topics of every galaxy (and ``extra``), with partition counts."""
+    """Changelog and compute dead-letter topics of every galaxy (and ``extra``)."""
     kafka = settings.kafka
     topics = {}
     for galaxy in registry:
         topics[kafka.topic(kafka.changelog_topic, galaxy.name)] = galaxy.partitions
-        topics[kafka.topic(kafka.dlq_topic, galaxy.name)] = galaxy.partitions
+        topics[kafka.topic(settings.compute.dlq_topic, galaxy.name)] = galaxy.partitions
     for topic in extra:
         topics[topic] = 1
     return topics

@@ -49,34 +49,44 @@ def ensure_topics(
 ) -> None:
     """Create the topics the job reads and writes, if missing.
 
-    Content topics and each galaxy's changelog and DLQ get the galaxy's partition count;
-    existing topics are left as they are. The sources only see topics that exist when they
-    look (then every 10 s), so the job creates them before it starts.
+    The galaxies' own topics through :func:`gss.kafka.topics.ensure_topics`; content topics
+    and the compute dead-letter topics here, with the galaxy's partition count. The sources
+    only see topics that exist when they look (then every 10 s), so the job creates them
+    before it starts.
     """
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+    from gss.kafka.config import admin_config
+    from gss.kafka.topics import ensure_topics as ensure_galaxy_topics
+
     registry = registry or load_registry(settings.registry_path)
+    kafka = settings.kafka
+    if not kafka.bootstrap_servers:
+        raise InvalidArgumentError("no broker: set GSS_KAFKA__BOOTSTRAP_SERVERS")
+    ensure_galaxy_topics(kafka, registry, timeout_seconds=timeout_seconds)
     wanted: dict[str, int] = {}
     for bound in bounds:
         partitions = registry.galaxy(bound.galaxy).partitions
-        for topic in (bound.input_topic, bound.changelog_topic, bound.dlq_topic):
+        for topic in (bound.input_topic, bound.dlq_topic):
             wanted[topic] = max(wanted.get(topic, 1), partitions)
-    if not settings.kafka.bootstrap_servers:
-        raise InvalidArgumentError("no broker: set GSS_KAFKA__BOOTSTRAP_SERVERS")
-    admin = AdminClient(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.client_config}
-    )
+    admin = AdminClient(admin_config(kafka))
     existing = set(admin.list_topics(timeout=timeout_seconds).topics)
-    missing = [NewTopic(t, n, 1) for t, n in sorted(wanted.items()) if t not in existing]
+    missing = [
+        NewTopic(t, n, kafka.replication_factor)
+        for t, n in sorted(wanted.items())
+        if t not in existing
+    ]
     if not missing:
         return
     for topic, future in admin.create_topics(missing, request_timeout=timeout_seconds).items():
         try:
             future.result(timeout=timeout_seconds)
             log.info("topic_created", topic=topic)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-                raise UnavailableError(f"cannot create topic {topic}: {exc}") from exc
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise UnavailableError(f"cannot create topic {topic}: {exc}") from exc
 
 
 class ComputeJob:

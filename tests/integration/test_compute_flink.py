@@ -1,8 +1,9 @@
 """Compute plugins end to end, each scenario in both execution modes.
 
 ``harness``: the plugins in-process (compute.harness). ``flink``: one Flink MiniCluster job
-running every plugin, reading from and writing to a real tansu broker; results are read
-back from the changelog and dead-letter topics. The Flink job is started once for the
+running every plugin, reading from and writing to a real tansu broker; values are checked
+through GSS lookups (a GSS server whose ingester materialises the changelogs), value
+history and dead letters by reading the topics. The Flink job is started once for the
 module (it takes seconds) and each test uses its own entities.
 """
 
@@ -41,6 +42,7 @@ from tests.compute_support import (
     all_topics,
     write_test_registry,
 )
+from tests.conftest import server_settings
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +89,13 @@ def flink_runner(
     """A broker, one Flink job with every plugin (plus one that crashes its worker once), and a
     reader of every changelog and dead-letter topic."""
     from gss.kafka.broker import LocalBroker
+    from gss.server import start_server
 
     marker = tmp_path_factory.mktemp("crash") / "crashed"
     metrics_port = _free_port()
     with LocalBroker() as broker:
-        settings = load_settings(
+        settings = server_settings(
+            tmp_path_factory.mktemp("compute-gss"),
             registry_path=str(registry_path),
             kafka={"bootstrap_servers": broker.bootstrap_servers},
             compute={
@@ -107,7 +111,8 @@ def flink_runner(
             settings, [*PLUGINS, test_plugins.crashing_plugin(marker)], registry=registry
         )
         reader = TopicReader(broker.bootstrap_servers, all_topics(settings, registry))
-        runner = FlinkRunner(settings, registry, reader)
+        server = start_server(settings)
+        runner = FlinkRunner(settings, registry, reader, server.address)
         try:
             job.start()
             runner.job = job  # type: ignore[attr-defined]
@@ -118,6 +123,7 @@ def flink_runner(
             job.stop()
             reader.close()
             runner.close()
+            server.stop(grace=1.0)
             gateway.shutdown()
 
 
