@@ -106,34 +106,17 @@ class OutboxPublisher:
         in_flight: set[bytes] = set()
         backoff = 0.5
         while not self._stop.is_set():
-            if producer is None:
-                producer = self._new_producer()
-                cursor, in_flight = None, set()
-            room = self.kafka.outbox_max_in_flight - len(in_flight)
-            sent = 0
-            if room > 0:
-                start = cursor + b"\x00" if cursor is not None else None
-                for key, raw in self.outbox.store.scan_meta(OUTBOX_PREFIX, room, start=start):
-                    entry = OutboxEntry.decode(raw)
-                    if not self._produce(producer, key, entry):
-                        break
-                    cursor = key
-                    in_flight.add(key)
-                    sent += 1
-            if in_flight:
-                producer.poll(0.01)
-            acked, failure = self._collect(in_flight)
-            if acked:
-                self.outbox.removed(acked)
-                backoff = 0.5
-            if failure is not None:
-                self._recover(producer, failure)
-                producer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-                continue
-            if not in_flight and not sent:
-                self.outbox.wait(0.5)
+            try:
+                producer, cursor, in_flight, backoff = self._step(
+                    producer, cursor, in_flight, backoff
+                )
+            except Exception:
+                log.exception("outbox_publisher_failed", action="resending the outbox in 1 s")
+                if producer is not None:
+                    producer.purge()
+                    producer = None
+                self._generation += 1
+                self._stop.wait(1.0)
         if producer is not None:
             producer.flush(min(5.0, self.kafka.publish_timeout_seconds))
             acked, _ = self._collect(in_flight)
@@ -141,6 +124,44 @@ class OutboxPublisher:
         log.info(
             "outbox_publisher_stopped", outbox_entries=self.outbox.depth, published=self.published
         )
+
+    def _step(
+        self, producer: Producer | None, cursor: bytes | None, in_flight: set[bytes], backoff: float
+    ) -> tuple[Producer | None, bytes | None, set[bytes], float]:
+        """One round: send what fits, collect reports, delete what was acknowledged."""
+        if producer is None:
+            producer = self._new_producer()
+            cursor, in_flight = None, set()
+        room = self.kafka.outbox_max_in_flight - len(in_flight)
+        sent = 0
+        if room > 0:
+            start = cursor + b"\x00" if cursor is not None else None
+            for key, raw in self.outbox.store.scan_meta(OUTBOX_PREFIX, room, start=start):
+                try:
+                    entry = OutboxEntry.decode(raw)
+                except ValueError as exc:
+                    # Never written by this GSS (or damaged): it can never be sent.
+                    log.error("outbox_entry_unreadable", error=str(exc), outbox_key=key.hex())
+                    self.outbox.removed([key])
+                    continue
+                if not self._produce(producer, key, entry):
+                    break
+                cursor = key
+                in_flight.add(key)
+                sent += 1
+        if in_flight:
+            producer.poll(0.01)
+        acked, failure = self._collect(in_flight)
+        if acked:
+            self.outbox.removed(acked)
+            backoff = 0.5
+        if failure is not None:
+            self._recover(producer, failure)
+            self._stop.wait(backoff)
+            return None, None, set(), min(backoff * 2, _MAX_BACKOFF_SECONDS)
+        if not in_flight and not sent:
+            self.outbox.wait(0.5)
+        return producer, cursor, in_flight, backoff
 
     def _produce(self, producer: Producer, key: bytes, entry: OutboxEntry) -> bool:
         generation = self._generation

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 from conftest import server_settings
 from helpers import dhash_record, image_id
-from kafka_support import kafka_overrides, produce
+from kafka_support import Collector, kafka_overrides, produce
 
 from clients.lookup import GssClient, make_record
 from clients.subscriber import Subscriber
 from gss.cli import main
 from gss.kafka.broker import LocalBroker
+from gss.kafka.meta import OUTBOX_PREFIX, outbox_key
 from gss.registry import Registry
 from gss.server import GssServer, start_server
 from gss.v1 import envelope_pb2, signal_service_pb2, signals_pb2
@@ -306,3 +307,26 @@ def test_gss_watch_prints_events(server: GssServer, registry: Registry) -> None:
         assert len(lines) == 3
         assert {line["entity_id"] for line in lines} == {image_id(i) for i in range(3)}
         assert all(line["signal"]["name"] == "dhash" for line in lines)
+
+
+def test_an_unreadable_outbox_entry_is_dropped_not_blocking(
+    server: GssServer, registry: Registry
+) -> None:
+    """A damaged outbox entry is logged and removed; the events behind it are still published."""
+    assert server.events is not None
+    server.store.apply([], meta={outbox_key(time.time_ns()): b"\x07 not an outbox entry"})
+    server.events.outbox.wake()
+    collector = Collector(server.settings.kafka, registry)
+    try:
+        with GssClient(server.address, timeout=30) as client:
+            client.put([dhash_record(77, 1)], wait_readable=True)
+        events = collector.wait_for(
+            lambda ev: image_id(77) in {e.event.entity_id for e in ev}, timeout=30
+        )
+        assert image_id(77) in {e.event.entity_id for e in events}
+        deadline = time.monotonic() + 30
+        while list(server.store.scan_meta(OUTBOX_PREFIX)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not list(server.store.scan_meta(OUTBOX_PREFIX))
+    finally:
+        collector.close()
