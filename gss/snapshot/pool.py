@@ -1,8 +1,8 @@
 """Worker processes that convert batches of stored records, with flow control.
 
 The exporter is one scanner feeding N converters: converting (protobuf parsing, Thrift
-encoding, Parquet writing) is CPU-bound Python, so it runs in separate processes (``spawn``:
-no RocksDB threads are forked) while the exporting process only reads the store. At most
+encoding, Parquet writing) is CPU-bound Python, so it runs in separate processes as well as
+in the exporting process, which also reads the store. At most
 :data:`IN_FLIGHT` batches per worker wait in a queue; the next free worker takes the next one.
 """
 
@@ -12,17 +12,23 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import queue
+import socket
+import subprocess
+import sys
 import threading
-from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
 
 import structlog
 
-from gss.snapshot.worker import GalaxyJob, GalaxyWriter, WorkerResult, worker_main
+from gss.snapshot.worker import GalaxyJob, GalaxyWriter, WorkerResult
 
 log = structlog.get_logger(__name__)
 
 IN_FLIGHT = 2
+# argv: socket fd, worker index, log level, log format.
+WORKER_COMMAND = (
+    "import sys; from gss.snapshot.worker import worker_from_argv; worker_from_argv(sys.argv[1:])"
+)
 
 
 class ExportWorkerError(RuntimeError):
@@ -61,9 +67,11 @@ class InlinePool:
 
 
 class ProcessPool:
-    """``workers`` spawned processes, each writing its own part file per signal.
+    """``workers`` worker processes, each writing its own part file per signal.
 
-    Batches go through one bounded queue to a feeder thread per worker, which blocks in
+    Workers are plain ``python`` subprocesses talking over a socket pair (a fresh
+    interpreter: no RocksDB threads forked, no multiprocessing helper processes left
+    running). A worker whose exporter dies reads end-of-file and exits. Batches go through one bounded queue to a feeder thread per worker, which blocks in
     ``send`` until its worker takes the batch: whichever worker is free takes the next one,
     and the scanner never waits on a busy worker while another is idle.
     """
@@ -71,9 +79,8 @@ class ProcessPool:
     def __init__(
         self, workers: int, log_level: str = "INFO", log_format: str = "json", first_index: int = 0
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")
         self._conns: list[multiprocessing.connection.Connection] = []
-        self._procs: list[SpawnProcess] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._queue: queue.Queue[tuple[list[bytes], list[bytes]] | None] = queue.Queue(
             maxsize=IN_FLIGHT * workers
         )
@@ -81,16 +88,22 @@ class ProcessPool:
         self._failed: list[int] = []
         try:
             for index in range(first_index, first_index + workers):
-                parent, child = ctx.Pipe(duplex=True)
-                proc = ctx.Process(
-                    target=worker_main,
-                    args=(child, index, log_level, log_format),
-                    name=f"gss-export-worker-{index}",
-                    daemon=True,
-                )
-                proc.start()
-                child.close()
-                self._conns.append(parent)
+                parent, child = socket.socketpair()
+                with child:
+                    proc = subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            WORKER_COMMAND,
+                            str(child.fileno()),
+                            str(index),
+                            log_level,
+                            log_format,
+                        ],
+                        pass_fds=[child.fileno()],
+                        stdin=subprocess.DEVNULL,
+                    )
+                self._conns.append(multiprocessing.connection.Connection(parent.detach()))
                 self._procs.append(proc)
         except BaseException:
             self.close()
@@ -102,9 +115,10 @@ class ProcessPool:
             msg: tuple[Any, ...] = self._conns[index].recv()
         except (EOFError, OSError):
             proc = self._procs[index]
-            proc.join(timeout=5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
             raise ExportWorkerError(
-                f"export worker {index} (pid {proc.pid}) died (exit code {proc.exitcode}); "
+                f"export worker {index} (pid {proc.pid}) died (exit code {proc.returncode}); "
                 "nothing was published for the partitions in progress"
             ) from None
         if msg[0] == "error":
@@ -181,10 +195,11 @@ class ProcessPool:
             with contextlib.suppress(OSError):
                 conn.send(("stop",))
         for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(timeout=5)
+                proc.wait(timeout=10)
         for conn in self._conns:
             conn.close()
         self._conns.clear()

@@ -396,3 +396,9 @@ def worker_main(
         except Exception:
             conn.send(("error", traceback.format_exc()))
             return
+
+
+def worker_from_argv(argv: list[str]) -> None:
+    """Entry of a worker subprocess (see gss.snapshot.pool): ``fd index log_level log_format``."""
+    fd, index, log_level, log_format = argv
+    worker_main(multiprocessing.connection.Connection(int(fd)), int(index), log_level, log_format)

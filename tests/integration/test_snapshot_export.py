@@ -487,7 +487,7 @@ def test_killed_export_leaves_the_previous_partition_intact(
     the broken one has no _SUCCESS (and is hidden), the workers exit, and a rerun succeeds."""
     store_dir, root = tmp_path / "store", tmp_path / "out"
     with SignalStore(store_dir, list(registry.galaxies), sync_writes=False) as store:
-        write(registry, store, example_records(registry, "images", 12_000))
+        write(registry, store, example_records(registry, "images", 20_000))
     env = {"GSS_EXPORT__WORKERS": "2", "GSS_EXPORT__ROW_GROUP_ROWS": "500"}
     args = [
         "export",
@@ -540,7 +540,7 @@ def test_killed_export_leaves_the_previous_partition_intact(
     assert not any((s / layout.SUCCESS).exists() for s in stagings)
     assert json.loads((partition / layout.MANIFEST).read_text())["export_id"] == before["export_id"]
     assert verify_partition(partition).ok
-    assert SnapshotReader(root).read_table("images", "embedding").num_rows == 12_000
+    assert SnapshotReader(root).read_table("images", "embedding").num_rows == 20_000
     again = _run_gss(*args, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(table.glob(f"{layout.STAGING_PREFIX}*"))
