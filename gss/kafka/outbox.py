@@ -18,12 +18,13 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import structlog
 
 from gss.kafka import metrics
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_key, outbox_sequence
-from gss.registry import Registry
+from gss.registry import GalaxySpec, Registry
 from gss.settings import KafkaSettings
 from gss.v1 import envelope_pb2, events_pb2
 from store.db import AppliedBatch, SignalStore, Write
@@ -53,49 +54,75 @@ def event_id(
     return digest.hexdigest()[:32]
 
 
+@dataclass(frozen=True, slots=True)
+class _SignalInfo:
+    galaxy: GalaxySpec
+    ref: envelope_pb2.SignalRef
+    inline: bool
+    header: bytes
+
+
 class EventBuilder:
     """Builds the availability event of a stored write."""
 
     def __init__(self, registry: Registry, kafka: KafkaSettings) -> None:
         self.registry = registry
         self.inline_max = kafka.inline_value_max_bytes
+        self._signals: dict[tuple[str, bytes], _SignalInfo] = {}
+
+    def _info(self, galaxy_name: str, key: bytes) -> tuple[_SignalInfo, bytes]:
+        """What the event needs to know about the signal of a store key, and the entity."""
+        galaxy = self.registry.galaxy(galaxy_name)
+        length = galaxy.codec.length
+        cache_key = (galaxy_name, key[length:])
+        info = self._signals.get(cache_key)
+        if info is None:
+            _, name, version = split_store_key(key, length)
+            spec = galaxy.signal(name, version)
+            info = _SignalInfo(
+                galaxy,
+                envelope_pb2.SignalRef(name=name, version=version),
+                spec.inline_value,
+                spec.ref.encode(),
+            )
+            self._signals[cache_key] = info
+        return info, key[:length]
 
     def event(self, write: Write) -> events_pb2.SignalAvailable:
-        galaxy = self.registry.galaxy(write.galaxy)
-        entity, name, version = split_store_key(write.key, galaxy.codec.length)
-        spec = galaxy.signal(name, version)
+        return self._event(write, *self._info(write.galaxy, write.key))
+
+    def _event(self, write: Write, info: _SignalInfo, entity: bytes) -> events_pb2.SignalAvailable:
         stored = StoredRecord.decode(write.stored)
         envelope = stored.envelope
         value_hash = hashlib.sha256(stored.value.value).digest()
         source = envelope.source if envelope.HasField("source") else None
         event = events_pb2.SignalAvailable(
             event_id=event_id(
-                galaxy.name,
+                write.galaxy,
                 write.key,
                 stored.event_time_us,
                 source.partition if source else -1,
                 source.offset if source else -1,
                 value_hash,
             ),
-            galaxy=galaxy.name,
-            entity_id=galaxy.codec.to_text(entity),
-            signal=envelope_pb2.SignalRef(name=name, version=version),
+            galaxy=write.galaxy,
+            entity_id=info.galaxy.codec.to_text(entity),
+            signal=info.ref,
             event_time=envelope.event_time,
             write_time=envelope.write_time,
             value_hash=value_hash,
             producer=envelope.producer,
             model_name=envelope.model_name,
             model_version=envelope.model_version,
+            position=source,
         )
-        if source is not None:
-            event.position.CopyFrom(source)
-        if spec.inline_value and len(stored.value.value) <= self.inline_max:
+        if info.inline and len(stored.value.value) <= self.inline_max:
             event.value.CopyFrom(stored.value)
         return event
 
     def entry(self, write: Write) -> OutboxEntry:
-        event = self.event(write)
-        entity = write.key[: self.registry.galaxy(write.galaxy).codec.length]
+        info, entity = self._info(write.galaxy, write.key)
+        event = self._event(write, info, entity)
         return OutboxEntry(
             EntryKind.AVAILABLE,
             write.galaxy,
@@ -103,7 +130,7 @@ class EventBuilder:
             event.SerializeToString(),
             (
                 ("gss-event-id", event.event_id.encode()),
-                ("gss-signal", f"{event.signal.name}@{event.signal.version}".encode()),
+                ("gss-signal", info.header),
                 ("content-type", EVENT_CONTENT_TYPE),
             ),
         )
