@@ -32,7 +32,7 @@ from pathlib import Path
 import structlog
 from rocksdict import AccessType, Options, Rdict, ReadOptions
 
-from gss.errors import InvalidArgumentError
+from gss.errors import InvalidArgumentError, UnavailableError
 from store.db import META_CF, SignalStore
 
 log = structlog.get_logger(__name__)
@@ -114,6 +114,13 @@ class StoreView:
             )
             snapshot_us = time.time_ns() // 1000
             db.try_catch_up_with_primary()
+        except Exception as exc:
+            shutil.rmtree(secondary, ignore_errors=True)
+            raise UnavailableError(
+                f"cannot read the store at {store_path} as a RocksDB secondary: {exc}. The "
+                "directory must be writable (rocksdict writes its config file there), and "
+                "export.work_dir must be writable"
+            ) from exc
         except BaseException:
             shutil.rmtree(secondary, ignore_errors=True)
             raise
