@@ -7,11 +7,11 @@
 
 It applies the same rules as the Flink job (the shared :mod:`compute.runtime`): decoding,
 retries and dead letters, the records written, event-time windows with watermarks and
-allowed lateness, joins fed by the values other plugins write. Two differences, both
-making the harness the stricter of the two: the watermark moves after every event (Flink
-emits it periodically, so an event Flink still counts on time may be late here), and
-retries do not sleep. ``gss signal test`` and the ``signal_harness`` pytest fixture
-(:mod:`compute.testing`) are thin layers over this class.
+allowed lateness, joins fed by the values other plugins write. Differences: the watermark
+moves after every event (Flink emits it periodically, so an event Flink still counts on
+time may already be late here), everything runs in order in one thread, and join state
+expires by the harness's ``clock``. ``gss signal test`` and the ``signal_harness`` pytest
+fixture (:mod:`compute.testing`) are thin layers over this class.
 """
 
 from __future__ import annotations

@@ -210,8 +210,9 @@ class FlinkRunner(Runner):
 
     mode = "flink"
 
-    def __init__(self, settings: Settings, registry: Registry, reader: TopicReader,
-                 gss_target: str) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, reader: TopicReader, gss_target: str
+    ) -> None:
         from confluent_kafka import Producer
 
         from clients.lookup import GssClient
