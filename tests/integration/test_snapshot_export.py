@@ -404,7 +404,11 @@ def test_unconvertible_values_are_counted_and_kept_never_dropped(
     entity = good.key[:16]
     bad = [
         Write("images", good.key, records.encode(1, wrong_type, envelope)),
-        Write("images", (777).to_bytes(16, "big") + good.key[16:], records.encode(1, garbage, envelope)),
+        Write(
+            "images",
+            (777).to_bytes(16, "big") + good.key[16:],
+            records.encode(1, garbage, envelope),
+        ),
         Write("images", entity + b"retired_signal\x00\x00\x00\x00\x01", good.stored),
     ]
     filled_store.apply(bad)
@@ -545,3 +549,24 @@ def test_killed_export_leaves_the_previous_partition_intact(
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(table.glob(f"{layout.STAGING_PREFIX}*"))
     assert verify_partition(partition).ok
+
+
+def test_duckdb_queries_fields_with_the_manifest_query(
+    tmp_path: Path, registry: Registry, filled_store: SignalStore
+) -> None:
+    """The DuckDB query in the manifest reads the table (a real SQL engine): struct fields are
+    queryable, dt stays a string, and a staging directory's files are not picked up."""
+    duckdb = pytest.importorskip("duckdb")
+    export_snapshot(registry, export_settings(tmp_path / "out"), store=filled_store, dt=DT)
+    partition = tmp_path / "out" / "images" / "dominant_colors_v1" / f"dt={DT}"
+    staging = partition.with_name(f"{layout.STAGING_PREFIX}dt={DT}-x")
+    staging.mkdir()
+    (staging / "part-00000.parquet").write_bytes((partition / "part-00000.parquet").read_bytes())
+    query = json.loads((partition / layout.MANIFEST).read_text())["ddl"]["duckdb"].rstrip(";")
+    con = duckdb.connect()
+    ((dt_type, rows, colors),) = con.execute(
+        query.replace("SELECT *", "SELECT any_value(typeof(dt)), count(*), sum(len(value.colors))")
+    ).fetchall()
+    assert dt_type == "VARCHAR"
+    assert rows == 40
+    assert colors == sum(n % 6 for n in range(40))
