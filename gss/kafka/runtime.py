@@ -55,19 +55,26 @@ class EventsRuntime:
             raise RuntimeError("EventsRuntime.start() has not been called")
         return self._writer
 
-    def start(self, *, ready_timeout_seconds: float = 30.0) -> EventsRuntime:
+    def start(self, *, ready_timeout_seconds: float = 10.0) -> EventsRuntime:
+        """Start the publisher, the ingester and the writer. A broker that cannot be reached
+        does not stop the start (the node still serves what its store holds; every part keeps
+        retrying): it is logged, and ``ingester.ready`` stays unset until the broker answers."""
         if self.kafka.create_topics:
-            ensure_topics(self.kafka, self.registry)
+            try:
+                ensure_topics(self.kafka, self.registry, timeout_seconds=5.0)
+            except UnavailableError as exc:
+                log.warning("topics_unavailable", error=str(exc), action="the ingester retries")
         self.publisher.start()
         self.ingester.start()
         self._writer = ChangelogWriter(
             self.kafka, self.registry, store=self.store, ingester=self.ingester
         )
         if not self.ingester.ready.wait(ready_timeout_seconds):
-            self.stop()
-            raise UnavailableError(
-                f"the changelog ingester could not assign its partitions on {self.kafka.bootstrap_servers} "
-                f"within {ready_timeout_seconds} s"
+            log.warning(
+                "changelog_ingester_not_ready",
+                bootstrap_servers=self.kafka.bootstrap_servers,
+                waited_seconds=ready_timeout_seconds,
+                action="serving the store as it is; the ingester keeps retrying",
             )
         log.info(
             "events_runtime_started",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,17 +14,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from conftest import server_settings
 from helpers import dhash_record, image_id
 from kafka_support import Collector, kafka_overrides, produce
 
+from clients.lookup import GssClient
 from gss.errors import UnavailableError
 from gss.kafka.broker import LocalBroker
 from gss.kafka.ingester import stored_offsets
 from gss.kafka.meta import OUTBOX_PREFIX
 from gss.kafka.runtime import EventsRuntime
 from gss.registry import Registry
+from gss.server import start_server
 from gss.settings import load_settings
+from gss.v1 import signal_service_pb2
 from gss.writes import to_writes
 from store import records
 from store.db import SignalStore
@@ -194,3 +200,39 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(
     print(
         f"killed with {sum(committed.values())} records committed and {pending_events} events in the outbox"
     )
+
+
+def test_a_broker_absent_at_start_delays_ingestion_not_serving(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """GSS starts and serves its store while the configured broker is down; once the broker
+    is up, PutSignals and the changelog flow without a restart of GSS."""
+    port = _free_port()
+    settings = server_settings(tmp_path, kafka=kafka_overrides(f"127.0.0.1:{port}"))
+    server = start_server(settings)
+    try:
+        with GssClient(server.address, timeout=30) as client:
+            assert not client.get("images", [image_id(1)], ["dhash"])[0].signals["dhash"].found
+            with LocalBroker(port=port):
+                deadline = time.monotonic() + 60
+                outcomes: list[int] = []
+                codes = set()
+                while time.monotonic() < deadline and not outcomes:
+                    try:
+                        outcomes = client.put([dhash_record(1, 42)], wait_readable=True)
+                    except grpc.RpcError as exc:
+                        codes.add(exc.code())
+                        time.sleep(0.5)
+                assert codes <= {grpc.StatusCode.UNAVAILABLE}
+                assert outcomes == [signal_service_pb2.WRITE_OUTCOME_APPLIED]
+                cell = client.get("images", [image_id(1)], ["dhash"])[0].signals["dhash"]
+                assert cell.value.hash == 42  # type: ignore[union-attr]
+                server.stop(grace=0.5)
+    finally:
+        server.stop(grace=0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
