@@ -151,6 +151,12 @@ def export(
                 f"not exported: {counts}",
                 err=True,
             )
+        if result.malformed_keys:
+            click.echo(
+                f"warning: {result.malformed_keys} store keys are not signal keys and were skipped "
+                "(see _reports/ under each galaxy)",
+                err=True,
+            )
         if result.rows == 0:
             click.echo(
                 "note: the store held no values for these galaxies; the partitions are empty",

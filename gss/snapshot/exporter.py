@@ -233,7 +233,8 @@ def _export_galaxy(
         for wr in worker_results:
             for ref, count in wr.unregistered.items():
                 unregistered[ref] = unregistered.get(ref, 0) + count
-            result.malformed_keys += wr.malformed_keys
+        malformed = sum(wr.malformed_keys for wr in worker_results)
+        result.malformed_keys += malformed
         if unregistered:
             result.unregistered[galaxy.name] = unregistered
         for spec in galaxy.signals:
@@ -252,7 +253,7 @@ def _export_galaxy(
                 root,
             )
             result.partitions.append(part)
-        _write_report(root, galaxy.name, dt, export_id, view, result, unregistered)
+        _write_report(root, galaxy.name, dt, export_id, view, result, unregistered, malformed)
     except BaseException:
         for staging in stagings.values():
             shutil.rmtree(staging, ignore_errors=True)
@@ -410,6 +411,7 @@ def _write_report(
     view: StoreView,
     result: ExportResult,
     unregistered: dict[str, int],
+    malformed_keys: int,
 ) -> None:
     """The galaxy's run report: its partitions, and values no partition could take."""
     report = {
@@ -430,6 +432,8 @@ def _write_report(
             if p.galaxy == galaxy
         ],
         "unregistered_signal_values": unregistered,
+        # Keys that are not signal keys at all (not written by GSS's write path).
+        "malformed_keys": malformed_keys,
     }
     path = layout.report_path(root, galaxy, dt)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -233,14 +233,16 @@ class _SignalBuffer:
         with open(self.rejects_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
         stats.rejects_file = self.rejects_path.name
-        log.warning(
-            "export_value_rejected",
-            galaxy=self.job.galaxy,
-            signal=self.sig.name,
-            signal_version=self.sig.version,
-            entity_id=entity_text,
-            reason=entry["reason"],
-        )
+        if stats.rejected_rows <= REJECT_SAMPLES:  # the rest are counted and in the file
+            log.warning(
+                "export_value_rejected",
+                galaxy=self.job.galaxy,
+                signal=self.sig.name,
+                signal_version=self.sig.version,
+                entity_id=entity_text,
+                reason=entry["reason"],
+                rejects_path=str(self.rejects_path),
+            )
 
     def flush(self) -> None:
         """Write the buffered rows as one row group and update the counts from them."""
@@ -342,7 +344,8 @@ class GalaxyWriter:
             _, name, version = split_store_key(key, self.job.key_length)
         except ValueError:
             self._malformed += 1
-            log.warning("export_malformed_key", galaxy=self.job.galaxy, key_hex=key.hex())
+            if self._malformed <= REJECT_SAMPLES:
+                log.warning("export_malformed_key", galaxy=self.job.galaxy, key_hex=key.hex())
             return
         ref = f"{name}@{version}"
         if ref not in self._unregistered:
