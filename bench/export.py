@@ -6,11 +6,15 @@
    score: one of each per image) and 1/4 pins (windowed counts).
 2. Baseline: a raw scan of every key and value of both galaxies (rocksdict iterator, in-process).
 3. The export of that store, as ``gss export`` runs it in-process against a live store
-   (checkpoint, two worker processes, Parquet + manifests + fsync + publish), timed end to end.
+   (checkpoint, two converters: this process and one worker process, Parquet + manifests +
+   fsync + publish), timed end to end; best of two runs, like the scan.
 
-What bounds it: CPU. Each row costs two protobuf parses (record envelope, value), a Thrift
-encoding and Arrow column appends in Python, then Parquet encoding and zstd, split over two
-worker processes on two cores while the exporting process scans and ships batches.
+What bounds it: CPU, about 6-7 µs of CPU per row. Each row costs two protobuf parses (the
+stored cell with its envelope, then the value), a Thrift encoding and Arrow column appends in
+Python, then Parquet encoding and Snappy; the raw scan costs about 0.35 µs. Two cores give
+at most twice one core, so the ratio to a single-threaded scan stays near 10% on an idle
+two-core machine, and drops when other work takes CPU (``rows_per_cpu_s`` and
+``load_average_1m`` are reported so runs can be compared).
 """
 
 from __future__ import annotations
@@ -104,6 +108,15 @@ def load(registry: Registry, store: SignalStore, count: int) -> int:
     return images * len(IMAGE_SIGNALS) + pins
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children so far."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def raw_scan(store: SignalStore, galaxies: list[str]) -> tuple[int, float]:
     """Rows and seconds of reading every key and value with a plain rocksdict iterator."""
     from rocksdict import Rdict, ReadOptions
@@ -139,11 +152,20 @@ def run(report_dir: Path) -> dict[str, Any]:
                 (scan_rows, scan_seconds), raw_scan(store, galaxies), key=lambda r: r[1]
             )
             settings = ExportSettings(root=work / "snapshots", workers=2)
-            started = time.perf_counter()
-            result = export_snapshot(
-                registry, settings, store=store, dt=datetime.now(UTC).date(), progress=False
-            )
-            export_seconds = time.perf_counter() - started
+            # Best of two runs (the second re-exports the date, replacing its partitions), as
+            # for the scan: the machine is shared, and the better run is closer to its capacity.
+            runs = []
+            for _ in range(2):
+                load_average = os.getloadavg()[0]
+                cpu_before = _cpu_seconds()
+                started = time.perf_counter()
+                result = export_snapshot(
+                    registry, settings, store=store, dt=datetime.now(UTC).date(), progress=False
+                )
+                runs.append(
+                    (time.perf_counter() - started, _cpu_seconds() - cpu_before, load_average)
+                )
+            export_seconds, export_cpu, load_average = min(runs)
         finally:
             store.close()
         snapshot_bytes = sum(p.stat().st_size for p in (work / "snapshots").rglob("*.parquet"))
@@ -161,6 +183,11 @@ def run(report_dir: Path) -> dict[str, Any]:
         "workers": 2,
         "parquet_bytes": snapshot_bytes,
         "load_records_per_s": round(loaded / load_seconds),
+        # CPU time of the exporting process and its workers: the figure that does not depend
+        # on what else the machine runs (the load average when the export started is below).
+        "export_cpu_seconds": round(export_cpu, 2),
+        "rows_per_cpu_s": round(result.rows / export_cpu),
+        "load_average_1m": round(load_average, 2),
         "mix": "3/4 images (embedding[64], dominant_colors[5], dhash, near_duplicate_of, safety_score), 1/4 pins",
     }
 
