@@ -12,8 +12,11 @@ Use it as a context manager::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import socket
 import subprocess
+import sys
 import time
 from types import TracebackType
 
@@ -24,6 +27,9 @@ from gss.errors import UnavailableError
 log = structlog.get_logger(__name__)
 
 _START_ATTEMPTS = 5
+_PR_SET_PDEATHSIG = 1
+# Resolved in the parent: the child, between fork and exec, only calls it.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def broker_binary() -> str:
@@ -45,7 +51,10 @@ def _free_port(host: str) -> int:
 
 class LocalBroker:
     """A tansu broker child process. ``start``/``stop``/``restart`` keep the same port, so
-    clients reconnect to a restarted broker by themselves (it comes back empty)."""
+    clients reconnect to a restarted broker by themselves (it comes back empty).
+
+    On Linux the broker is killed when the thread that started it dies, so start it from a
+    thread that outlives it (the main thread, a fixture)."""
 
     def __init__(
         self,
@@ -96,6 +105,7 @@ class LocalBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509
             )
             if self._wait_ready(process, port):
                 self._process, self.port = process, port
@@ -149,6 +159,13 @@ class LocalBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the thread that started it dies (even by kill -9),
+    so a crashed test or `gss run` never leaves a broker behind."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
