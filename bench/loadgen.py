@@ -24,12 +24,16 @@ from gss.v1 import envelope_pb2, signal_service_pb2
 METHOD = "/gss.v1.SignalService/GetSignals"
 
 
-def make_requests(galaxy: str, signal: str, entities: int, keys: int, count: int, seed: int) -> list[bytes]:
+def make_requests(
+    galaxy: str, signal: str, entities: int, keys: int, count: int, seed: int
+) -> list[bytes]:
     rng = random.Random(seed)
     ref = envelope_pb2.SignalRef(name=signal, version=1)
     return [
         signal_service_pb2.GetSignalsRequest(
-            galaxy=galaxy, entity_ids=[str(rng.randrange(entities)) for _ in range(keys)], signals=[ref]
+            galaxy=galaxy,
+            entity_ids=[str(rng.randrange(entities)) for _ in range(keys)],
+            signals=[ref],
         ).SerializeToString()
         for _ in range(count)
     ]

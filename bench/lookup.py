@@ -64,7 +64,8 @@ def _pack(value: signals_pb2.Embedding) -> Any:
 def raw_multiget(store: SignalStore, count: int, keys: int, seconds: float) -> float:
     rng = random.Random(3)
     batches = [
-        [store_key(rng.randrange(count).to_bytes(8, "big"), "bench_value", 1) for _ in range(keys)] for _ in range(500)
+        [store_key(rng.randrange(count).to_bytes(8, "big"), "bench_value", 1) for _ in range(keys)]
+        for _ in range(500)
     ]
     done = 0
     start = time.perf_counter()
@@ -75,12 +76,27 @@ def raw_multiget(store: SignalStore, count: int, keys: int, seconds: float) -> f
     return done * keys / elapsed
 
 
-def loadgen(target: str, count: int, keys: int, seconds: float, *, rate: float = 0.0) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--entities", str(count), "--keys", str(keys),
-           "--seconds", str(seconds)]
+def loadgen(
+    target: str, count: int, keys: int, seconds: float, *, rate: float = 0.0
+) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--target",
+        target,
+        "--entities",
+        str(count),
+        "--keys",
+        str(keys),
+        "--seconds",
+        str(seconds),
+    ]
     if rate:
         cmd += ["--rate", f"{rate:.1f}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120)
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120
+    )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -95,11 +111,19 @@ def run(report_dir: Path) -> dict[str, Any]:
         record_bytes = load(store, count)
         load_seconds = time.perf_counter() - t0
         raw = raw_multiget(store, count, 100, seconds)
-    env = {**os.environ, "GSS_REGISTRY_PATH": str(REGISTRY), "GSS_LOG_LEVEL": "WARNING",
-           "GSS_SERVER__METRICS_PORT": "-1"}
+    env = {
+        **os.environ,
+        "GSS_REGISTRY_PATH": str(REGISTRY),
+        "GSS_LOG_LEVEL": "WARNING",
+        "GSS_SERVER__METRICS_PORT": "-1",
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "gss", "serve", "--port", "0", "--data", str(data)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     try:
         assert server.stderr is not None

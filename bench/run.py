@@ -42,8 +42,11 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
             failed.append(area)
             continue
-        print(f"bench: {area} done in {time.perf_counter() - start:.0f}s: {json.dumps(report[area])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"bench: {area} done in {time.perf_counter() - start:.0f}s: {json.dumps(report[area])}",
+            file=sys.stderr,
+            flush=True,
+        )
     report["machine"] = {
         "cpus": __import__("os").cpu_count(),
         "python": platform.python_version(),
@@ -53,8 +56,10 @@ def main(argv: list[str]) -> int:
     REPORT.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if "lookup" in report:
         lookup = report["lookup"]
-        print(f"lookup: GetSignals 100-key {lookup['gss_keys_per_s_100']:,} keys/s = "
-              f"{lookup['ratio_100']:.0%} of raw multi-get {lookup['raw_multiget_keys_per_s']:,} keys/s")
+        print(
+            f"lookup: GetSignals 100-key {lookup['gss_keys_per_s_100']:,} keys/s = "
+            f"{lookup['ratio_100']:.0%} of raw multi-get {lookup['raw_multiget_keys_per_s']:,} keys/s"
+        )
     print(f"wrote {REPORT.relative_to(BENCH_DIR.parent)}")
     return 1 if failed else 0
 
