@@ -236,12 +236,14 @@ class SignalStore:
         return Path(target)
 
     def estimated_keys(self, galaxy: str) -> int:
-        value = self._cfs[galaxy].property_int_value("rocksdb.estimate-num-keys")
-        return int(value or 0)
+        """RocksDB's estimate of a galaxy's stored values (0 once closed)."""
+        cf = self._cfs.get(galaxy)
+        return int(cf.property_int_value("rocksdb.estimate-num-keys") or 0) if cf else 0
 
     def size_bytes(self) -> int:
+        """SST files plus memtables of every column family (0 once closed)."""
         total = 0
-        for cf in self._cfs.values():
+        for cf in list(self._cfs.values()):
             for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
                 total += int(cf.property_int_value(prop) or 0)
         return total
