@@ -129,6 +129,16 @@ async def _build_grpc_server(
     return grpc_server, health_servicer, port
 
 
+def open_store(settings: Settings, registry: Registry) -> SignalStore:
+    """The store at ``store.path`` with a column family for every galaxy of the registry."""
+    return SignalStore(
+        settings.store.path,
+        list(registry.galaxies),
+        sync_writes=settings.store.sync_writes,
+        block_cache_bytes=settings.store.block_cache_bytes,
+    )
+
+
 def start_server(
     settings: Settings,
     *,
@@ -145,12 +155,7 @@ def start_server(
     """
     server_settings = settings.server
     registry = registry or load_registry(settings.registry_path)
-    store = store or SignalStore(
-        settings.store.path,
-        list(registry.galaxies),
-        sync_writes=settings.store.sync_writes,
-        block_cache_bytes=settings.store.block_cache_bytes,
-    )
+    store = store or open_store(settings, registry)
     key_lengths = {galaxy.name: galaxy.codec.length for galaxy in registry}
     store.on_apply = functools.partial(metrics.record_apply, key_lengths=key_lengths)
     events = None

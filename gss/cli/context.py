@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,3 +42,19 @@ class CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: long-running verbs stop cleanly on either."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+duration_option = click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Stop after this many seconds (default: run until Ctrl-C).",
+)

@@ -4,7 +4,6 @@ ingester and outbox publisher without the server) and ``gss watch`` (print avail
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from typing import Any
@@ -13,15 +12,8 @@ import click
 import grpc
 from google.protobuf import json_format
 
-from gss.cli.context import CliContext, pass_cli
+from gss.cli.context import CliContext, pass_cli, stop_on_signals
 from gss.v1 import envelope_pb2, events_pb2, signal_service_pb2
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
 
 
 @click.command()
@@ -38,7 +30,7 @@ def broker(cli: CliContext, port: int, no_topics: bool) -> None:
     from gss.kafka.topics import ensure_topics
 
     registry = cli.registry()
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with LocalBroker(port=port or None) as local:
         settings = cli.settings(kafka={"bootstrap_servers": local.bootstrap_servers})
         created = [] if no_topics else ensure_topics(settings.kafka, registry)
@@ -64,17 +56,12 @@ def ingest(cli: CliContext, data: str | None) -> None:
     """
     from gss.errors import GssError
     from gss.kafka.runtime import EventsRuntime
-    from store.db import SignalStore
+    from gss.server import open_store
 
     settings = cli.settings(store={"path": data} if data else {})
     registry = cli.registry()
-    stop = _stop_on_signals()
-    store = SignalStore(
-        settings.store.path,
-        list(registry.galaxies),
-        sync_writes=settings.store.sync_writes,
-        block_cache_bytes=settings.store.block_cache_bytes,
-    )
+    stop = stop_on_signals()
+    store = open_store(settings, registry)
     try:
         runtime = EventsRuntime(settings, registry, store).start()
     except GssError as exc:
@@ -149,7 +136,7 @@ def watch(
             idle_timeout is not None and time.monotonic() - last >= idle_timeout
         )
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     if target:
         request = signal_service_pb2.WatchSignalsRequest(
             galaxy=galaxy, signals=refs, from_beginning=from_beginning

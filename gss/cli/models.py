@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from gss.cli.context import CliContext, pass_cli
+from gss.cli.context import CliContext, duration_option, pass_cli
 
 
 @click.group()
@@ -36,12 +36,7 @@ def list_models(cli: CliContext) -> None:
 
 
 @models.command()
-@click.option(
-    "--duration",
-    type=float,
-    default=None,
-    help="Stop after this many seconds (default: run until Ctrl-C).",
-)
+@duration_option
 @click.option(
     "--config-name",
     default=None,

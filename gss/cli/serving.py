@@ -15,7 +15,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 from clients.lookup import EntityResult, GssClient, make_record
-from gss.cli.context import CliContext, pass_cli
+from gss.cli.context import CliContext, duration_option, pass_cli
 from gss.v1 import envelope_pb2, signal_service_pb2
 
 OUTCOMES: dict[int, str] = {
@@ -250,12 +250,7 @@ def galaxies(cli: CliContext, target: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.option(
-    "--duration",
-    type=float,
-    default=None,
-    help="Stop after this many seconds (default: run until Ctrl-C).",
-)
+@duration_option
 @click.option(
     "--data",
     type=click.Path(file_okay=False),
