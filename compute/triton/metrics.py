@@ -8,22 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+from gss.metrics import LATENCY_BUCKETS
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 INFERENCE_SECONDS = Histogram(
