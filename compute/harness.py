@@ -281,17 +281,10 @@ class LocalHarness:
             bound = self._joins[index]
             tally = self._tally(bound)
             tally(runtime.INPUTS, 1)
-            join = bound.plugin.join
-            assert join is not None
             now = self.clock()
-            ttl = join.ttl.total_seconds()
             state = self._join_state.setdefault((index, update.entity), {})
-            for key in [k for k, (_, _, at) in state.items() if now - at >= ttl]:
-                del state[key]
-            held = state.get(update.key)
-            if held is not None and held[1] > update.event_ms:
+            if not runtime.hold_input(bound, state, update, now):
                 continue  # an older value of this input: the newer one stays
-            state[update.key] = (update.value, update.event_ms, now)
             inputs = runtime.join_inputs(
                 bound, update.entity, {k: (v, ms) for k, (v, ms, _) in state.items()}
             )
@@ -308,14 +301,12 @@ class LocalHarness:
             late: dict[bytes, Inputs] = {}
             for key in keys:
                 bucket = self._buckets[(index, key)]
-                for entity in [e for e, (_, at) in bucket.items() if now - at >= ttl]:
-                    del bucket[entity]
-                for entity, (peer, _) in bucket.items():
-                    if entity != update.entity:
-                        peers[peer.entity_id] = peer
-                        if peer.event_time > inputs.event_time:
-                            late[entity] = peer
-                bucket[update.entity] = (inputs, now)
+                for entity, peer in runtime.bucket_members(
+                    bound, bucket, update.entity, inputs, now
+                ):
+                    peers[peer.entity_id] = peer
+                    if peer.event_time > inputs.event_time:
+                        late[entity] = peer
             gathered = self._gathered.setdefault((index, update.entity), runtime.Gathered())
             # All keys report at once here; Flink gathers one report per key.
             rows.extend(

@@ -32,6 +32,7 @@ then dead-lettered; see docs/compute.md.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -282,12 +283,30 @@ class Inputs(Mapping[str, Message]):
     def __len__(self) -> int:
         return len(self.by_name)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Compact between Flink operators and in join state: bytes, not pickled messages.
+        items = tuple(
+            (name, type(value).__module__, value.DESCRIPTOR.full_name, value.SerializeToString())
+            for name, value in self.by_name.items()
+        )
+        return _rebuild_inputs, (self.entity_id, self.event_time.timestamp(), items)
+
     def get_as(self, name: str, kind: type[M]) -> M:
         """``self[name]``, checked to be a ``kind`` (for typed code)."""
         value = self.by_name[name]
         if not isinstance(value, kind):
             raise TypeError(f"input {name!r} is a {type(value).__name__}, not {kind.__name__}")
         return value
+
+
+def _rebuild_inputs(entity_id: str, timestamp: float, items: tuple[Any, ...]) -> Inputs:
+    from google.protobuf import symbol_database
+
+    values: dict[str, Message] = {}
+    for name, module, full_name, raw in items:
+        importlib.import_module(module)
+        values[name] = symbol_database.Default().GetSymbol(full_name).FromString(raw)
+    return Inputs(entity_id, datetime.fromtimestamp(timestamp, UTC), values)
 
 
 @dataclass(frozen=True)

@@ -424,6 +424,44 @@ def join_updates(bounds: list[Bound], payload: bytes) -> list[tuple[int, JoinUpd
     return out
 
 
+def hold_input(
+    bound: Bound, held: dict[str, tuple[bytes, int, float]], update: JoinUpdate, now: float
+) -> bool:
+    """Keep ``update`` in an entity's join state (input -> (value, event ms, stored at)).
+
+    Inputs stored more than the join's TTL ago are forgotten first. Returns False (and
+    keeps the held value) if the update is older, by event time, than the value held.
+    """
+    join = bound.plugin.join
+    assert join is not None
+    ttl = join.ttl.total_seconds()
+    for key in [k for k, (_, _, at) in held.items() if now - at >= ttl]:
+        del held[key]
+    current = held.get(update.key)
+    if current is not None and current[1] > update.event_ms:
+        return False
+    held[update.key] = (update.value, update.event_ms, now)
+    return True
+
+
+def bucket_members(
+    bound: Bound,
+    bucket: dict[bytes, tuple[Inputs, float]],
+    entity: bytes,
+    inputs: Inputs,
+    now: float,
+) -> list[tuple[bytes, Inputs]]:
+    """A Match bucket's other members seen within the TTL; then ``entity`` joins it."""
+    join = bound.plugin.join
+    assert join is not None
+    ttl = join.ttl.total_seconds()
+    for member in [e for e, (_, at) in bucket.items() if now - at >= ttl]:
+        del bucket[member]
+    members = [(e, peer) for e, (peer, _) in bucket.items() if e != entity]
+    bucket[entity] = (inputs, now)
+    return members
+
+
 def join_inputs(
     bound: Bound, entity: bytes, state: Mapping[str, tuple[bytes, int]]
 ) -> Inputs | None:

@@ -123,7 +123,7 @@ class ComputeSettings(BaseModel):
     jobmanager_address: str | None = None
     checkpoint_interval_seconds: float = 5.0
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
-    # Where checkpoints go (file://, s3://, ...); None: the JobManager's memory (local only).
+    # Where checkpoints go (file://, s3://, ...); None: ./gss-data/flink-checkpoints locally.
     checkpoint_dir: str | None = None
     parallelism: int = 1
     # Names the Flink job; also its Kafka consumer group, the envelopes' producer

@@ -45,10 +45,12 @@ from compute.plugin import Shape, Sliding
 from gss.errors import InvalidArgumentError
 from gss.settings import Settings
 
-# Python operators hand their output to Flink at the end of a bundle: these bounds keep a
-# value's way through the job well under a second (PyFlink's defaults are 1 s / 100k).
-BUNDLE_TIME_MS = 20
-BUNDLE_SIZE = 500
+# Python operators hand their output to Flink at the end of a bundle, and each bundle's end
+# costs a round trip between the JVM and the Python worker. 50 ms (PyFlink's default is
+# 1 s) measured best here: each Python step adds at most that much latency, while shorter
+# bundles cut the join's throughput (docs/compute.md, "Performance").
+BUNDLE_TIME_MS = 50
+BUNDLE_SIZE = 100_000
 _WORKER_MODE = "_python_worker_execution_mode"
 
 
@@ -68,12 +70,18 @@ def flink_configuration(settings: Settings) -> Configuration:
         "python.fn-execution.bundle.size": str(BUNDLE_SIZE),
         "pipeline.auto-watermark-interval": "100 ms",
     }
-    if compute.checkpoint_dir:
-        values["execution.checkpointing.dir"] = compute.checkpoint_dir
-    if compute.mode == "local":
-        # The connector jars travel with the job; a cluster has them in /opt/flink/lib.
+    checkpoint_dir = compute.checkpoint_dir
+    if not checkpoint_dir and compute.mode == "local":
+        # Join and window state outgrow the JobManager-memory storage's 5 MB limit quickly.
+        checkpoint_dir = (Path("gss-data") / "flink-checkpoints").resolve().as_uri()
+    if checkpoint_dir:
+        values["execution.checkpointing.dir"] = checkpoint_dir
+    if compute.mode in ("local", "remote"):
+        # The connector jars travel with the job (uploaded to a remote cluster with it); in
+        # application mode the image has them in /opt/flink/lib.
         jars = ensure_jars(compute.jars_dir)
         values["pipeline.jars"] = ";".join(path.resolve().as_uri() for path in jars)
+    if compute.mode == "local":
         values["python.executable"] = sys.executable
         values["python.client.executable"] = sys.executable
         if compute.metrics_port:
@@ -238,13 +246,21 @@ def _content_branches(
     raw: DataStream, topic: str, group: list[Bound], settings: Settings
 ) -> list[DataStream]:
     rows: list[DataStream] = []
-    maps = [b for b in group if b.plugin.shape is Shape.MAP and b.plugin.model is None]
-    if maps:
+    # Map plugins that read the topic the same way (schema, entity field, galaxy) share one
+    # keyed operator; plugins of the topic that read it differently get their own.
+    maps: dict[tuple[str, str, str], list[Bound]] = defaultdict(list)
+    for bound in group:
+        if bound.plugin.shape is Shape.MAP and bound.plugin.model is None:
+            assert bound.plugin.source is not None
+            source = bound.plugin.source
+            maps[(source.schema.DESCRIPTOR.full_name, source.entity, bound.galaxy)].append(bound)
+    for n, same in enumerate(maps.values()):
+        suffix = "" if n == 0 else f"-{n}"
         rows.append(
-            raw.key_by(ops.EntityOf(maps[0]), key_type=Types.PICKLED_BYTE_ARRAY())
-            .process(ops.RunMaps(maps), output_type=ops.SINK_ROW)
-            .name(f"map plugins of {topic}")
-            .uid(_uid("maps", topic))
+            raw.key_by(ops.EntityOf(same[0]), key_type=Types.PICKLED_BYTE_ARRAY())
+            .process(ops.RunMaps(same), output_type=ops.sink_row_type())
+            .name(f"map plugins of {topic}{suffix}")
+            .uid(_uid("maps", topic + suffix))
         )
     for bound in (b for b in group if b.plugin.model is not None):
         rows.append(
@@ -253,7 +269,7 @@ def _content_branches(
                 ops.RunModel(bound, settings.triton.url),
                 Time.milliseconds(int(settings.compute.model_timeout_seconds * 1000)),
                 settings.compute.model_concurrency,
-                ops.SINK_ROW,
+                ops.sink_row_type(),
             )
             .name(f"model plugin {bound.ref}")
             .uid(_uid("model", bound.ref))
@@ -298,13 +314,15 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
             ops.WindowAggregate(bound),
             ops.WindowValue(bound),
             accumulator_type=Types.PICKLED_BYTE_ARRAY(),
-            output_type=ops.SINK_ROW,
+            output_type=ops.sink_row_type(),
         )
         .name(f"windows of {bound.ref}")
         .uid(_uid("window", bound.ref))
     )
-    late = values.get_side_output(late_tag).map(ops.LateEvent(bound), output_type=ops.SINK_ROW)
-    dead = extracted.get_side_output(ops.SINK_TAG)
+    late = values.get_side_output(late_tag).map(
+        ops.LateEvent(bound), output_type=ops.sink_row_type()
+    )
+    dead = extracted.get_side_output(ops.sink_tag())
     return [values, late, dead]
 
 
@@ -313,20 +331,20 @@ def _join_branches(raw: DataStream, topic: str, joins: list[Bound]) -> list[Data
         raw.process(ops.JoinUpdates(joins))
         .name(f"join inputs from {topic}")
         .key_by(lambda item: (item[0], item[1].entity), key_type=Types.PICKLED_BYTE_ARRAY())
-        .process(ops.JoinInputs(joins), output_type=ops.SINK_ROW)
+        .process(ops.JoinInputs(joins), output_type=ops.sink_row_type())
         .name(f"joins on {topic}")
         .uid(_uid("join", topic))
     )
     rows = [joined]
     if any(b.plugin.shape is Shape.MATCH for b in joins):
         gathered = (
-            joined.get_side_output(ops.MATCH_TAG)
+            joined.get_side_output(ops.match_tag())
             .key_by(lambda item: (item.index, item.key), key_type=Types.PICKLED_BYTE_ARRAY())
             .process(ops.MatchBucket(joins))
             .name("match buckets")
             .uid(_uid("match-bucket", topic))
             .key_by(lambda item: (item.index, item.entity), key_type=Types.PICKLED_BYTE_ARRAY())
-            .process(ops.MatchGather(joins), output_type=ops.SINK_ROW)
+            .process(ops.MatchGather(joins), output_type=ops.sink_row_type())
             .name("match gather")
             .uid(_uid("match-gather", topic))
         )
@@ -341,7 +359,3 @@ def plugin_jobs_summary(bounds: Sequence[Bound]) -> list[str]:
         f"{b.input_topic} -> {b.changelog_topic}"
         for b in bounds
     ]
-
-
-def jars_present(settings: Settings) -> list[Path]:
-    return ensure_jars(settings.compute.jars_dir)

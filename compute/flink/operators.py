@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,21 +28,39 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.functions import AsyncFunction, KeySelector, MapFunction
 from pyflink.datastream.output_tag import OutputTag
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from compute import runtime
 from compute.binding import Bound
 from compute.plugin import Inputs, Shape
 from compute.runtime import SinkRow
 
-# Row(topic, key, value): what the KafkaSink takes (see compute.flink.job.kafka_sink).
-SINK_ROW = Types.ROW(
-    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
-)
-# Rows that leave an operator beside its main output (dead letters of a pre-processing step).
-SINK_TAG = OutputTag("gss-sink-rows", SINK_ROW)
-# Match items for the bucket step of Match joins.
-MATCH_TAG = OutputTag("gss-match-items", Types.PICKLED_BYTE_ARRAY())
+
+def sink_row_type() -> Any:
+    """Row(topic, key, value): what the KafkaSink takes (see compute.flink.job.kafka_sink).
+
+    A new object per job: PyFlink caches the Java type in it, which dies with its gateway.
+    """
+    return Types.ROW(
+        [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+    )
+
+
+def sink_tag() -> OutputTag:
+    """Rows that leave an operator beside its main output (dead letters of a pre-step)."""
+    return OutputTag(SINK_TAG_ID, sink_row_type())
+
+
+def match_tag() -> OutputTag:
+    """Match items on their way to the bucket step of Match joins."""
+    return OutputTag(MATCH_TAG_ID, Types.PICKLED_BYTE_ARRAY())
+
+
+# Python workers route side outputs by tag id; these never reach the JVM.
+SINK_TAG_ID = "gss-sink-rows"
+MATCH_TAG_ID = "gss-match-items"
+SINK_TAG = sink_tag()
+MATCH_TAG = match_tag()
 
 
 def sink_row(row: SinkRow) -> Row:
@@ -292,6 +311,16 @@ class MatchItem:
     inputs: Inputs
 
 
+def _value_state(context: RuntimeContext, name: str, bound: Bound) -> Any:
+    # One value per key (a small dict), read and written once per element: PyFlink reaches
+    # keyed state through the Beam state API, and a MapState costs a round trip per call.
+    # Entries expire by the join's TTL in runtime.expire (as in the harness); the state TTL
+    # drops keys that go quiet altogether.
+    descriptor = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
+    descriptor.enable_time_to_live(_ttl(bound))
+    return context.get_state(descriptor)
+
+
 class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
     """Keyed by (join index, entity): the latest value of each input, kept for the join's TTL.
 
@@ -304,13 +333,10 @@ class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
-        self.states = []
-        for index, bound in enumerate(self.bounds):
-            descriptor = MapStateDescriptor(
-                f"join-inputs-{index}", Types.STRING(), Types.PICKLED_BYTE_ARRAY()
-            )
-            descriptor.enable_time_to_live(_ttl(bound))
-            self.states.append(runtime_context.get_map_state(descriptor))
+        self.states = [
+            _value_state(runtime_context, f"join-inputs-{index}", bound)
+            for index, bound in enumerate(self.bounds)
+        ]
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         index, update = value
@@ -318,11 +344,12 @@ class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
         tally = self.tallies.of(bound)
         tally(runtime.INPUTS, 1)
         state = self.states[index]
-        held = state.get(update.key)
-        if held is not None and held[1] > update.event_ms:
+        held: dict[str, tuple[bytes, int, float]] = state.value() or {}
+        if not runtime.hold_input(bound, held, update, time.time()):
+            state.update(held)
             return  # an older value of this input: the newer one stays
-        state.put(update.key, (update.value, update.event_ms))
-        current = {key: state.get(key) for key in state}
+        state.update(held)
+        current = {key: (v, ms) for key, (v, ms, _) in held.items()}
         inputs = runtime.join_inputs(bound, update.entity, current)
         if inputs is None:
             return
@@ -371,18 +398,18 @@ class MatchBucket(KeyedProcessFunction):  # type: ignore[misc]
         self.bounds = bounds
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.states = []
-        for index, bound in enumerate(self.bounds):
-            descriptor = MapStateDescriptor(
-                f"match-bucket-{index}", Types.PICKLED_BYTE_ARRAY(), Types.PICKLED_BYTE_ARRAY()
-            )
-            descriptor.enable_time_to_live(_ttl(bound))
-            self.states.append(runtime_context.get_map_state(descriptor))
+        self.states = [
+            _value_state(runtime_context, f"match-bucket-{index}", bound)
+            for index, bound in enumerate(self.bounds)
+        ]
 
     def process_element(self, value: MatchItem, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        bucket = self.states[value.index]
-        members = [(entity, inputs) for entity, inputs in bucket.items() if entity != value.entity]
-        bucket.put(value.entity, value.inputs)
+        state = self.states[value.index]
+        bucket: dict[bytes, tuple[Inputs, float]] = state.value() or {}
+        members = runtime.bucket_members(
+            self.bounds[value.index], bucket, value.entity, value.inputs, time.time()
+        )
+        state.update(bucket)
         yield Peers(
             value.index,
             value.entity,
@@ -407,11 +434,10 @@ class MatchGather(KeyedProcessFunction):  # type: ignore[misc]
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
-        self.states = []
-        for index, bound in enumerate(self.bounds):
-            descriptor = ValueStateDescriptor(f"match-gather-{index}", Types.PICKLED_BYTE_ARRAY())
-            descriptor.enable_time_to_live(_ttl(bound))
-            self.states.append(runtime_context.get_state(descriptor))
+        self.states = [
+            _value_state(runtime_context, f"match-gather-{index}", bound)
+            for index, bound in enumerate(self.bounds)
+        ]
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
         state = self.states[value.index]

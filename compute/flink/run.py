@@ -52,7 +52,7 @@ def ensure_topics(
     The galaxies' own topics through :func:`gss.kafka.topics.ensure_topics`; content topics
     and the compute dead-letter topics here, with the galaxy's partition count. The sources
     only see topics that exist when they look (then every 10 s), so the job creates them
-    before it starts.
+    before it starts. Nothing is created when ``kafka.create_topics`` is off.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -64,6 +64,8 @@ def ensure_topics(
     kafka = settings.kafka
     if not kafka.bootstrap_servers:
         raise InvalidArgumentError("no broker: set GSS_KAFKA__BOOTSTRAP_SERVERS")
+    if not kafka.create_topics:
+        return  # managed elsewhere (Strimzi KafkaTopics: deploy/kafka, deploy/flink/topics.yaml)
     ensure_galaxy_topics(kafka, registry, timeout_seconds=timeout_seconds)
     wanted: dict[str, int] = {}
     for bound in bounds:

@@ -98,6 +98,7 @@ def compute_run(
     cli: CliContext, targets: tuple[str, ...], duration: float | None, detach: bool
 ) -> None:
     """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says otherwise)."""
+    from compute.flink import gateway
     from compute.flink.run import ComputeJob
     from gss.errors import GssError
 
@@ -122,6 +123,7 @@ def compute_run(
         click.echo(f"compute job {status.lower()}", err=True)
     finally:
         job.stop()
+        gateway.shutdown()
 
 
 @compute.command("generate")

@@ -104,6 +104,7 @@ def flink_runner(
                 "restart_delay_seconds": 0.5,
                 "idle_source_seconds": 1.0,
                 "metrics_port": metrics_port,
+                "checkpoint_dir": tmp_path_factory.mktemp("checkpoints").as_uri(),
             },
         )
         registry = load_registry(registry_path)

@@ -55,6 +55,7 @@ def flink_models(
             kafka={"bootstrap_servers": broker.bootstrap_servers},
             triton={"url": triton.http_url},
             compute={
+                "checkpoint_dir": tmp_path_factory.mktemp("checkpoints").as_uri(),
                 "job_name": "gss-compute-model-tests",
                 "metrics_port": 0,
                 "checkpoint_interval_seconds": 1.0,
