@@ -2,11 +2,13 @@
 
 One :class:`Transcoder` per value type, built once from the protobuf descriptor and the
 thriftpy2 struct spec (and refusing to build when the two are not twins, see
-:func:`twin_problems`). It then turns parsed protobuf values into
+:func:`twin_problems`). It converts a whole batch of serialized values at once
+(:meth:`Transcoder.convert`): the values are decoded into columns by :mod:`gss.snapshot.wire`,
+and from those columns, with numpy and Arrow kernels rather than a Python loop over rows, come
 
-- the Thrift *binary protocol* encoding of the twin struct, written straight from the protobuf
-  fields (byte-identical to ``thriftpy2.utils.serialize(obj, TBinaryProtocolFactory())``, which
-  the tests check, without building a thriftpy2 object per row);
+- the Thrift *binary protocol* encoding of each value's twin struct (byte-identical to
+  ``thriftpy2.utils.serialize(obj, TBinaryProtocolFactory())``, which the tests check, without
+  building a thriftpy2 object per row);
 - typed Arrow columns shaped like the twin struct (nested struct, 3-level lists), which become
   the Parquet ``value`` group that SQL engines query field by field.
 
@@ -20,17 +22,19 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.utils import deserialize
 
-from gss.snapshot import idl
+from gss.snapshot import idl, wire
+from gss.snapshot.wire import Array
 
 # Thrift wire types (thriftpy2.thrift.TType); 18 is thriftpy2's BINARY, a STRING on the wire.
 T_BOOL, T_DOUBLE, T_I32, T_I64, T_STRING, T_STRUCT, T_LIST, T_BINARY = 2, 4, 8, 10, 11, 12, 15, 18
@@ -68,10 +72,6 @@ _SCALARS: dict[int, tuple[tuple[int, ...], pa.DataType]] = {
     _F.TYPE_BYTES: ((T_BINARY, T_STRING), pa.binary()),
     _F.TYPE_ENUM: ((T_I32,), pa.int32()),
 }
-_UNSIGNED_64 = (_F.TYPE_UINT64, _F.TYPE_FIXED64)
-_I32 = struct.Struct(">i")
-_I64 = struct.Struct(">q")
-_DOUBLE = struct.Struct(">d")
 _HEADER = struct.Struct(">bh")
 
 
@@ -173,110 +173,13 @@ def twin_problems(desc: Any, thrift_cls: type) -> list[str]:
     return problems
 
 
-# -- column buffers ----------------------------------------------------------------------
-
-
-class _Node:
-    """Python buffers for one Arrow column (a tree, like the struct), reused across row groups."""
-
-    arrow_type: pa.DataType
-
-    def finish(self) -> pa.Array:
-        raise NotImplementedError
-
-    def truncate(self, rows: int) -> None:
-        raise NotImplementedError
-
-
-class _Leaf(_Node):
-    def __init__(self, arrow_type: pa.DataType, default: Any) -> None:
-        self.arrow_type = arrow_type
-        self.default = default
-        self.buf: list[Any] = []
-
-    def finish(self) -> pa.Array:
-        return pa.array(self.buf, type=self.arrow_type)
-
-    def truncate(self, rows: int) -> None:
-        del self.buf[rows:]
-
-
-class _Chunks(_Node):
-    """A leaf of numpy chunks (packed repeated numbers), concatenated once per row group."""
-
-    def __init__(self, arrow_type: pa.DataType, dtype: str) -> None:
-        self.arrow_type = arrow_type
-        self.dtype = dtype
-        self.buf: list[Any] = []
-
-    def finish(self) -> pa.Array:
-        if not self.buf:
-            return pa.array([], type=self.arrow_type)
-        return pa.array(np.concatenate(self.buf).astype(self.dtype), type=self.arrow_type)
-
-    def truncate(self, rows: int) -> None:
-        kept, total = [], 0
-        for chunk in self.buf:
-            if total + len(chunk) >= rows:
-                kept.append(chunk[: rows - total])
-                break
-            kept.append(chunk)
-            total += len(chunk)
-        self.buf[:] = [c for c in kept if len(c)]
-
-
-class _List(_Node):
-    def __init__(self, child: _Node) -> None:
-        self.child = child
-        self.arrow_type = pa.list_(pa.field("element", child.arrow_type, nullable=False))
-        self.offsets: list[int] = [0]
-
-    def finish(self) -> pa.Array:
-        return pa.ListArray.from_arrays(
-            pa.array(self.offsets, pa.int32()), self.child.finish(), type=self.arrow_type
-        )
-
-    def truncate(self, rows: int) -> None:
-        del self.offsets[rows + 1 :]
-        self.child.truncate(self.offsets[-1])
+# -- the output plan -----------------------------------------------------------------------
 
 
 def field_id(fid: int) -> dict[bytes, bytes]:
     """Arrow field metadata that becomes the Parquet field id (parquet-thrift writes Thrift ids)."""
     return {b"PARQUET:field_id": str(fid).encode()}
 
-
-class _Struct(_Node):
-    def __init__(self, fields: list[tuple[str, int, _Node, bool]], nullable: bool) -> None:
-        self.names = [name for name, _, _, _ in fields]
-        self.children = [node for _, _, node, _ in fields]
-        self.arrow_type = pa.struct(
-            [
-                pa.field(name, node.arrow_type, nullable=not required, metadata=field_id(fid))
-                for name, fid, node, required in fields
-            ]
-        )
-        self.valid: list[bool] | None = [] if nullable else None
-
-    def finish(self) -> pa.Array:
-        arrays = [child.finish() for child in self.children]
-        mask = None
-        if self.valid is not None and not all(self.valid):
-            mask = pa.array([not v for v in self.valid], pa.bool_())
-        return pa.StructArray.from_arrays(arrays, fields=list(self.arrow_type), mask=mask)
-
-    def truncate(self, rows: int) -> None:
-        if self.valid is not None:
-            del self.valid[rows:]
-        for child in self.children:
-            child.truncate(rows)
-
-
-# -- code generation -----------------------------------------------------------------------
-#
-# Per value type, one Python function is generated that reads each protobuf field once, packs
-# the Thrift binary encoding with as few struct.pack calls as possible and appends the same
-# values to the column buffers. Generic per-field closures cost about three times as much.
 
 _SCALAR_JSON: dict[int, dict[str, Any]] = {
     T_BOOL: {"id": "BOOL"},
@@ -286,264 +189,10 @@ _SCALAR_JSON: dict[int, dict[str, Any]] = {
     T_STRING: {"id": "STRING"},
     T_BINARY: {"id": "STRING", "binary": True},
 }
-_FIXED_CODES = {T_DOUBLE: "d", T_I32: "i", T_I64: "q", T_BOOL: "?"}
-_DEFAULTS = {T_DOUBLE: 0.0, T_I32: 0, T_I64: 0, T_BOOL: False, T_STRING: "", T_BINARY: b""}
-
-
-class _Gen:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.ns: dict[str, Any] = {}
-        self._n = 0
-        # A run of fixed-size values to pack in one call: (format, argument expressions).
-        self._fmt = ""
-        self._args: list[str] = []
-        self.descriptor: dict[str, Any] = {}
-
-    def name(self, prefix: str, value: Any = None) -> str:
-        self._n += 1
-        name = f"{prefix}{self._n}"
-        if value is not None:
-            self.ns[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-    def pack(self, fmt: str, *args: str) -> None:
-        self._fmt += fmt
-        self._args.extend(args)
-
-    def flush(self, indent: int) -> None:
-        if self._fmt:
-            packer = self.name("S", struct.Struct(">" + self._fmt).pack)
-            self.emit(indent, f"P({packer}({', '.join(self._args)}))")
-            self._fmt, self._args = "", []
-
-    def struct_fields(
-        self, desc: Any, thrift_cls: type, msg: str, indent: int
-    ) -> tuple[_Struct, dict[str, Any]]:
-        """Emit the encoding of ``msg``'s fields (no STOP byte); returns its column node."""
-        tfields = _thrift_fields(thrift_cls)
-        nodes: list[tuple[str, int, _Node, bool]] = []
-        children_json = []
-        for fd in desc.fields:
-            fid, spec = tfields[fd.name]
-            node, required, type_json = self.field(fd, fid, spec, msg, indent)
-            nodes.append((fd.name, fid, node, required))
-            children_json.append(
-                {
-                    "name": fd.name,
-                    "fieldId": fid,
-                    "requirement": "REQUIRED" if required else "OPTIONAL",
-                    "type": type_json,
-                }
-            )
-        return _Struct(nodes, nullable=False), {
-            "id": "STRUCT",
-            "children": children_json,
-            "structOrUnionType": "STRUCT",
-        }
-
-    def field(
-        self, fd: Any, fid: int, spec: tuple[Any, ...], msg: str, indent: int
-    ) -> tuple[_Node, bool, dict[str, Any]]:
-        attr = f"{msg}.{fd.name}"
-        repeated = fd.label == _F.LABEL_REPEATED
-        if fd.type == _F.TYPE_MESSAGE and fd.message_type.full_name == TIMESTAMP:
-            if repeated:
-                raise ConversionError(f"{fd.full_name}: repeated Timestamps are not supported")
-            leaf = _Leaf(TS_TYPE, None)
-            var, app = self.name("v"), self.name("A", leaf.buf.append)
-            self.flush(indent)
-            self.emit(indent, f"if {msg}.HasField({fd.name!r}):")
-            self.emit(indent + 1, f"t = {attr}")
-            self.emit(indent + 1, f"{var} = t.seconds * 1000000 + t.nanos // 1000")
-            self.pack("bhq", str(T_I64), str(fid), var)
-            self.flush(indent + 1)
-            self.emit(indent, "else:")
-            self.emit(indent + 1, f"{var} = None")
-            self.emit(indent, f"{app}({var})")
-            return leaf, False, {"id": "I64"}
-        if fd.type == _F.TYPE_MESSAGE:
-            sub_cls = spec[2][1] if repeated else spec[2]
-            if repeated:
-                items, item = self.name("v"), self.name("e")
-                self.emit(indent, f"{items} = {attr}")
-                self.pack("bhbi", str(T_LIST), str(fid), str(T_STRUCT), f"len({items})")
-                self.flush(indent)
-                self.emit(indent, f"for {item} in {items}:")
-                node, sub_json = self.struct_fields(fd.message_type, sub_cls, item, indent + 1)
-                self.pack("b", "0")
-                self.flush(indent + 1)
-                lst = _List(node)
-                offsets = self.name("OF", lst.offsets)
-                self.emit(indent, f"{offsets}.append({offsets}[-1] + len({items}))")
-                return lst, True, _list_json(sub_json)
-            sub = self.name("m")
-            self.flush(indent)
-            self.emit(indent, f"if {msg}.HasField({fd.name!r}):")
-            self.emit(indent + 1, f"{sub} = {attr}")
-            self.pack("bh", str(T_STRUCT), str(fid))
-            node, sub_json = self.struct_fields(fd.message_type, sub_cls, sub, indent + 1)
-            self.pack("b", "0")
-            self.flush(indent + 1)
-            node.valid = []
-            valid = self.name("V", node.valid.append)
-            self.emit(indent + 1, f"{valid}(True)")
-            self.emit(indent, "else:")
-            self.emit(indent + 1, f"{valid}(False)")
-            self.defaults(node, indent + 1)
-            return node, False, sub_json
-        etype = spec[2] if repeated else spec[0]
-        if isinstance(etype, tuple):
-            etype = etype[0]
-        arrow = pa.int32() if etype == T_I32 else _SCALARS[fd.type][1]
-        leaf = _Leaf(arrow, _DEFAULTS[etype])
-        unsigned = fd.type in _UNSIGNED_64
-        if repeated and msg == "m" and fd.type in _PACKED_WIRE and etype in _PACKED_OUT:
-            return self.packed_field(fd, fid, etype, arrow, indent)
-        if repeated:
-            var = self.name("v")
-            if unsigned:
-                self.emit(
-                    indent,
-                    f"{var} = [x - 18446744073709551616 if x >= 9223372036854775808 else x for x in {attr}]",
-                )
-            else:
-                self.emit(indent, f"{var} = list({attr})")
-            self.pack("bhbi", str(T_LIST), str(fid), str(_WIRE.get(etype, etype)), f"len({var})")
-            code = _FIXED_CODES.get(etype)
-            self.flush(indent)
-            if code is not None:
-                self.emit(indent, f"P({self.name('N', _packer_of_n(code))}({var}))")
-            else:
-                self.emit(indent, f"for x in {var}:")
-                raw = "x.encode()" if etype == T_STRING else "x"
-                self.emit(indent + 1, f"b = {raw}")
-                self.emit(indent + 1, f"P({self.name('S', _I32.pack)}(len(b)))")
-                self.emit(indent + 1, "P(b)")
-            lst = _List(leaf)
-            extend, offsets = self.name("X", leaf.buf.extend), self.name("OF", lst.offsets)
-            self.emit(indent, f"{extend}({var})")
-            self.emit(indent, f"{offsets}.append({offsets}[-1] + len({var}))")
-            return lst, True, _list_json(_SCALAR_JSON[etype])
-        var, app = self.name("v"), self.name("A", leaf.buf.append)
-        self.emit(indent, f"{var} = {attr}")
-        if unsigned:
-            self.emit(indent, f"if {var} >= 9223372036854775808:")
-            self.emit(indent + 1, f"{var} -= 18446744073709551616")
-        wire = _WIRE.get(etype, etype)
-        code = _FIXED_CODES.get(etype)
-        if code is not None:
-            self.pack("bh" + code, str(wire), str(fid), var)
-        else:
-            raw = self.name("b")
-            self.emit(indent, f"{raw} = {var}.encode()" if etype == T_STRING else f"{raw} = {var}")
-            self.pack("bhi", str(wire), str(fid), f"len({raw})")
-            self.flush(indent)
-            self.emit(indent, f"P({raw})")
-        self.emit(indent, f"{app}({var})")
-        return leaf, True, _SCALAR_JSON[etype]
-
-    def packed_field(
-        self, fd: Any, fid: int, etype: int, arrow: pa.DataType, indent: int
-    ) -> tuple[_Node, bool, dict[str, Any]]:
-        """A top-level repeated fixed-width number: numpy straight from the packed wire bytes.
-
-        Python floats are not created at all; an unpacked encoding (legal, rare) falls back to
-        reading the parsed message.
-        """
-        wire_dtype, out_dtype = _PACKED_WIRE[fd.type], _PACKED_OUT[etype]
-        leaf = _Chunks(arrow, "<" + out_dtype[1:])
-        lst = _List(leaf)
-        raw, arr, big = self.name("c"), self.name("a"), self.name("b")
-        self.emit(indent, f"{raw} = {self.name('K', packed_bytes)}(r, {fd.number})")
-        self.emit(indent, f"if {raw} is None:")
-        self.emit(
-            indent + 1, f"{arr} = {self.name('NA', np.array)}(list(m.{fd.name}), {wire_dtype!r})"
-        )
-        self.emit(indent, "else:")
-        self.emit(indent + 1, f"{arr} = {self.name('FB', np.frombuffer)}({raw}, {wire_dtype!r})")
-        self.emit(indent, f"{big} = {arr}.astype({out_dtype!r})")
-        self.pack("bhbi", str(T_LIST), str(fid), str(etype), f"len({big})")
-        self.flush(indent)
-        self.emit(indent, f"P({big}.tobytes())")
-        chunks, offsets = self.name("X", leaf.buf.append), self.name("OF", lst.offsets)
-        self.emit(indent, f"{chunks}({big})")
-        self.emit(indent, f"{offsets}.append({offsets}[-1] + len({big}))")
-        return lst, True, _list_json(_SCALAR_JSON[etype])
-
-    def defaults(self, node: _Node, indent: int) -> None:
-        """Emit appends that keep an unset optional struct's child columns aligned."""
-        if isinstance(node, _Leaf):
-            self.emit(indent, f"{self.name('A', node.buf.append)}({node.default!r})")
-        elif isinstance(node, _List):
-            offsets = self.name("OF", node.offsets)
-            self.emit(indent, f"{offsets}.append({offsets}[-1])")
-        elif isinstance(node, _Struct):
-            if node.valid is not None:
-                self.emit(indent, f"{self.name('V', node.valid.append)}(False)")
-            for child in node.children:
-                self.defaults(child, indent)
-
-
-# Packed repeated fixed-width proto types (little-endian on the wire) and the big-endian numpy
-# type of their Thrift twin.
-_PACKED_WIRE = {
-    _F.TYPE_FLOAT: "<f4",
-    _F.TYPE_DOUBLE: "<f8",
-    _F.TYPE_FIXED32: "<u4",
-    _F.TYPE_SFIXED32: "<i4",
-    _F.TYPE_FIXED64: "<u8",
-    _F.TYPE_SFIXED64: "<i8",
-}
-_PACKED_OUT = {T_DOUBLE: ">f8", T_I64: ">i8", T_I32: ">i4"}
-
-
-def packed_bytes(raw: bytes, number: int) -> bytes | None:
-    """The payload of packed repeated field ``number`` in a serialized message.
-
-    Chunks of a field split across the message are joined; None if the field also occurs
-    unpacked (then the caller reads the parsed message) or the bytes are not a message.
-    """
-    chunks = []
-    pos, end = 0, len(raw)
-    while pos < end:
-        tag, pos = _varint(raw, pos)
-        wire = tag & 7
-        if wire == 2:
-            length, pos = _varint(raw, pos)
-            if tag >> 3 == number:
-                chunks.append(raw[pos : pos + length])
-            pos += length
-        elif tag >> 3 == number:
-            return None
-        elif wire == 0:
-            _, pos = _varint(raw, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            return None
-    if pos != end:
-        return None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    byte = raw[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    result, shift = byte & 0x7F, 7
-    while True:
-        pos += 1
-        byte = raw[pos]
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos + 1
-        shift += 7
+# Big-endian numpy type of a Thrift number on the wire.
+_BIG = {T_DOUBLE: ">f8", T_I32: ">i4", T_I64: ">i8", T_BOOL: "u1"}
+# Microseconds since the epoch fit in an int64 for |seconds| up to this.
+_MAX_TIMESTAMP_SECONDS = (2**63 - 1) // 1_000_000 - 1
 
 
 def _list_json(element: dict[str, Any]) -> dict[str, Any]:
@@ -553,43 +202,322 @@ def _list_json(element: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _packer_of_n(code: str) -> Callable[[list[Any]], bytes]:
-    """Packs a list of fixed-size values big-endian, with one cached Struct per length."""
-    packers: dict[int, Callable[..., bytes]] = {}
+@dataclass
+class _Out:
+    """One field of a twin struct: how its decoded column becomes Arrow and Thrift."""
 
-    def pack(values: list[Any]) -> bytes:
-        n = len(values)
-        packer = packers.get(n)
-        if packer is None:
-            packer = packers[n] = struct.Struct(f">{n}{code}").pack
-        return packer(*values)
+    name: str
+    fid: int
+    kind: str  # "number", "blob", "timestamp" or "struct"
+    repeated: bool
+    etype: int  # Thrift type of one value
+    arrow: pa.DataType  # Arrow type of one value
+    arrow_type: pa.DataType  # of the column (a list type when repeated)
+    sub: _StructOut | None
 
-    return pack
+
+@dataclass
+class _StructOut:
+    fields: list[_Out]
+    arrow_type: pa.StructType
+    descriptor: dict[str, Any]
 
 
-def _compile(
-    desc: Any, thrift_cls: type
-) -> tuple[Callable[[Message, bytes], bytes], _Struct, dict[str, Any], str]:
-    """The generated converter of one value type, its column tree and Thrift descriptor."""
-    gen = _Gen()
-    body_start = len(gen.lines)
-    node, descriptor = gen.struct_fields(desc, thrift_cls, "m", 1)
-    gen.pack("b", "0")
-    gen.flush(1)
-    body = gen.lines[body_start:]
-    params = "".join(f", {name}={name}" for name in gen.ns)
-    source = "\n".join(
-        [
-            f"def convert(m, r{params}):",
-            "    parts = []",
-            "    P = parts.append",
-            *body,
-            "    return b''.join(parts)",
-        ]
+def _struct_out(desc: Any, thrift_cls: type) -> _StructOut:
+    """The output plan of a message and its twin (which :func:`twin_problems` has checked)."""
+    tfields = _thrift_fields(thrift_cls)
+    outs: list[_Out] = []
+    arrow_fields = []
+    children_json = []
+    for fd in desc.fields:
+        fid, spec = tfields[fd.name]
+        repeated = fd.label == _F.LABEL_REPEATED
+        sub = None
+        if fd.type == _F.TYPE_MESSAGE and fd.message_type.full_name == TIMESTAMP:
+            if repeated:
+                raise ConversionError(f"{fd.full_name}: repeated Timestamps are not supported")
+            kind, etype, arrow, required, type_json = (
+                "timestamp",
+                T_I64,
+                TS_TYPE,
+                False,
+                {"id": "I64"},
+            )
+        elif fd.type == _F.TYPE_MESSAGE:
+            sub = _struct_out(fd.message_type, spec[2][1] if repeated else spec[2])
+            kind, etype, arrow, required = "struct", T_STRUCT, sub.arrow_type, repeated
+            type_json = sub.descriptor
+        else:
+            etype = spec[2] if repeated else spec[0]
+            if isinstance(etype, tuple):
+                etype = etype[0]
+            arrow = pa.int32() if etype == T_I32 else _SCALARS[fd.type][1]
+            kind = "blob" if etype in (T_STRING, T_BINARY) else "number"
+            required, type_json = True, _SCALAR_JSON[etype]
+        column_type = pa.list_(pa.field("element", arrow, nullable=False)) if repeated else arrow
+        outs.append(_Out(fd.name, fid, kind, repeated, etype, arrow, column_type, sub))
+        arrow_fields.append(
+            pa.field(fd.name, column_type, nullable=not required, metadata=field_id(fid))
+        )
+        children_json.append(
+            {
+                "name": fd.name,
+                "fieldId": fid,
+                "requirement": "REQUIRED" if required else "OPTIONAL",
+                "type": _list_json(type_json) if repeated else type_json,
+            }
+        )
+    descriptor = {"id": "STRUCT", "children": children_json, "structOrUnionType": "STRUCT"}
+    return _StructOut(outs, pa.struct(arrow_fields), descriptor)
+
+
+# -- building the columns and the Thrift bytes ----------------------------------------------
+
+
+def numpy_array(values: Array, arrow_type: pa.DataType, valid: Array | None = None) -> pa.Array:
+    """An Arrow array of numpy numbers or bools (numbers are not copied); ``valid`` marks the
+    non-null entries.
+
+    Built from buffers because ``pa.array`` on a numpy array imports pandas, which costs a
+    quarter of a second of CPU in every process.
+    """
+    n = len(values)
+    if arrow_type == pa.bool_():
+        data = pa.py_buffer(np.packbits(values, bitorder="little"))
+    else:
+        values = np.ascontiguousarray(values, dtype=_NUMPY_OF[arrow_type])
+        data = pa.py_buffer(values)
+    if valid is None:
+        return pa.Array.from_buffers(arrow_type, n, [None, data], null_count=0)
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    nulls = n - int(np.count_nonzero(valid))
+    return pa.Array.from_buffers(arrow_type, n, [validity, data], null_count=nulls)
+
+
+def arrow_scalar(data: bytes, arrow_type: pa.DataType) -> pa.Scalar:
+    """A binary or string Arrow scalar (taken from an array: ``pa.scalar`` imports pandas)."""
+    offsets = np.array([0, len(data)], np.int32)
+    array = pa.Array.from_buffers(arrow_type, 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return array[0]
+
+
+_EMPTY = arrow_scalar(b"", pa.binary())
+
+
+def numpy_bools(array: pa.BooleanArray) -> Array:
+    """A boolean Arrow array without nulls as numpy (``to_numpy`` imports pandas)."""
+    bits = np.frombuffer(array.buffers()[1], np.uint8)
+    start = array.offset
+    return np.unpackbits(bits, bitorder="little")[start : start + len(array)].astype(bool)
+
+
+_NUMPY_OF = {
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint64(): np.uint64,
+    pa.float64(): np.float64,
+    TS_TYPE: np.int64,
+}
+
+
+def _binary_of_matrix(matrix: Array) -> pa.Array:
+    """Row i of an (n, w) uint8 matrix as the i-th value of a binary array (no copy)."""
+    n, width = matrix.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(matrix))]
     )
-    namespace = dict(gen.ns)
-    exec(compile(source, f"<thrift converter for {desc.full_name}>", "exec"), namespace)
-    return namespace["convert"], node, descriptor, source
+
+
+def _binary_of_runs(data: Array, offsets: Array) -> pa.Array:
+    """Bytes ``data[offsets[i]:offsets[i + 1]]`` as the i-th value of a binary array (no copy)."""
+    return pa.Array.from_buffers(
+        pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+class _Encoding:
+    """The Thrift encodings of n structs, assembled piece by piece, field by field.
+
+    A run of fixed-width pieces (field headers, numbers, lengths) becomes one numpy record
+    array whose fields are the pieces (numbers converted to big-endian on assignment);
+    variable-width pieces (strings, lists, sub-structs) are Arrow binary columns; at the end
+    Arrow concatenates the pieces row by row.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.parts: list[pa.Array] = []
+        self.run: list[tuple[str, bytes | Array]] = []
+
+    def const(self, data: bytes) -> None:
+        """The same bytes in every row."""
+        self.run.append((f"V{len(data)}", data))
+
+    def number(self, values: Array, dtype: str) -> None:
+        """One number per row, as ``dtype`` (big-endian)."""
+        self.run.append((dtype, values))
+
+    def var(self, array: pa.Array) -> None:
+        """One binary value per row."""
+        self._close_run()
+        self.parts.append(array)
+
+    def _close_run(self) -> None:
+        if not self.run:
+            return
+        names = [f"f{i}" for i in range(len(self.run))]
+        dtype = np.dtype([(name, d) for name, (d, _) in zip(names, self.run, strict=True)])
+        records = np.empty(self.rows, dtype)
+        for name, (_, value) in zip(names, self.run, strict=True):
+            records[name] = value
+        matrix = records.view(np.uint8).reshape(self.rows, dtype.itemsize)
+        self.parts.append(_binary_of_matrix(matrix))
+        self.run = []
+
+    def finish(self) -> pa.Array:
+        self._close_run()
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return pc.binary_join_element_wise(*self.parts, _EMPTY)
+
+
+class _Build:
+    """One batch's conversion: rows that fail it (beyond decoding) are marked here."""
+
+    def __init__(self, error: Array, reasons: wire.Reasons) -> None:
+        self.error = error
+        self.reasons = reasons
+
+    def struct(
+        self, out: _StructOut, dec: wire.Decoded, top: Array, mask: Array | None = None
+    ) -> tuple[pa.Array, pa.Array]:
+        """(Arrow struct column, Thrift encodings with their STOP byte) of decoded rows;
+        ``top[i]`` is the batch row that row i belongs to."""
+        encoding = _Encoding(dec.rows)
+        arrays = [self.field(o, dec.columns[o.name], encoding, top) for o in out.fields]
+        encoding.const(b"\x00")
+        array = pa.StructArray.from_arrays(
+            arrays,
+            fields=list(out.arrow_type),
+            mask=numpy_array(mask, pa.bool_()) if mask is not None else None,
+        )
+        return array, encoding.finish()
+
+    def field(self, o: _Out, col: wire.Column, enc: _Encoding, top: Array) -> pa.Array:
+        """The Arrow column of one field; appends its Thrift encoding to ``enc``."""
+        header = _HEADER.pack(_WIRE.get(o.etype, o.etype) if not o.repeated else T_LIST, o.fid)
+        if o.repeated:
+            return self.list_field(o, col, enc, top, header)
+        if o.kind == "number":
+            assert isinstance(col, wire.Scalars)
+            values = _numbers(o.etype, col.values)
+            enc.const(header)
+            enc.number(values, _BIG[o.etype])
+            return numpy_array(values, o.arrow)
+        if o.kind == "blob":
+            assert isinstance(col, wire.Blobs)
+            enc.const(header)
+            enc.number(np.diff(col.starts), ">i4")
+            enc.var(col.arrow(pa.binary()))
+            return col.arrow(o.arrow)
+        assert isinstance(col, wire.Messages)
+        assert col.present is not None
+        present = col.present
+        if o.kind == "timestamp":
+            micros = self.timestamps(col.decoded, top)
+            if present.all():
+                enc.const(header)
+                enc.number(micros, ">i8")
+            elif present.any():
+                enc.var(_optional_i64(header, micros, present))
+            return numpy_array(micros, TS_TYPE, None if present.all() else present)
+        assert o.sub is not None
+        array, encoded = self.struct(
+            o.sub, col.decoded, top, ~present if not present.all() else None
+        )
+        if present.any():
+            if present.all():
+                enc.const(header)
+                enc.var(encoded)
+            else:
+                joined = pc.binary_join_element_wise(
+                    arrow_scalar(header, pa.binary()), encoded, _EMPTY
+                )
+                enc.var(pc.if_else(numpy_array(present, pa.bool_()), joined, _EMPTY))
+        return array
+
+    def list_field(
+        self, o: _Out, col: wire.Column, enc: _Encoding, top: Array, header: bytes
+    ) -> pa.Array:
+        assert isinstance(col, wire.Scalars | wire.Blobs | wire.Messages)
+        assert col.offsets is not None
+        offsets = col.offsets
+        counts = np.diff(offsets)
+        enc.const(header + bytes([_WIRE.get(o.etype, o.etype)]))
+        enc.number(counts, ">i4")
+        if o.kind == "number":
+            assert isinstance(col, wire.Scalars)
+            values = _numbers(o.etype, col.values)
+            big = values.astype(_BIG[o.etype])
+            enc.var(_binary_of_runs(big.view(np.uint8), offsets * big.itemsize))
+            elements = numpy_array(values, o.arrow)
+        elif o.kind == "blob":
+            assert isinstance(col, wire.Blobs)
+            each = _Encoding(len(col.starts) - 1)
+            each.number(np.diff(col.starts), ">i4")
+            each.var(col.arrow(pa.binary()))
+            enc.var(_join_lists(offsets, each.finish()))
+            elements = col.arrow(o.arrow)
+        else:
+            assert isinstance(col, wire.Messages)
+            assert o.sub is not None
+            elements, encoded = self.struct(o.sub, col.decoded, np.repeat(top, counts))
+            enc.var(_join_lists(offsets, encoded))
+        return pa.ListArray.from_arrays(
+            numpy_array(offsets, pa.int32()), elements, type=o.arrow_type
+        )
+
+    def timestamps(self, dec: wire.Decoded, top: Array) -> Array:
+        """Microseconds since the epoch of decoded Timestamps (unset: 0)."""
+        seconds, nanos = dec.columns["seconds"], dec.columns["nanos"]
+        assert isinstance(seconds, wire.Scalars)
+        assert isinstance(nanos, wire.Scalars)
+        far = np.abs(seconds.values) > _MAX_TIMESTAMP_SECONDS
+        if far.any():
+            self.reasons.mark(
+                self.error, top[far], "OverflowError: a Timestamp is out of the int64 µs range"
+            )
+        return seconds.values * 1_000_000 + nanos.values.astype(np.int64) // 1000
+
+
+def _optional_i64(header: bytes, values: Array, present: Array) -> pa.Array:
+    """Per row, the field ``header`` and the value where ``present``, nothing elsewhere."""
+    records = np.empty(int(present.sum()), np.dtype([("h", f"V{len(header)}"), ("v", ">i8")]))
+    records["h"], records["v"] = header, values[present]
+    offsets = np.zeros(len(present) + 1, np.int32)
+    np.cumsum(present * records.itemsize, out=offsets[1:])
+    return _binary_of_runs(records.view(np.uint8), offsets)
+
+
+def _join_lists(offsets: Array, encoded: pa.Array) -> pa.Array:
+    """Each row's list elements' encodings, concatenated."""
+    return pc.binary_join(
+        pa.ListArray.from_arrays(numpy_array(offsets, pa.int32()), encoded), _EMPTY
+    )
+
+
+def _numbers(etype: int, values: Array) -> Array:
+    """Decoded numbers as their Thrift type (64-bit unsigned values keep their bits)."""
+    if etype == T_DOUBLE:
+        return values.astype(np.float64, copy=False)
+    if etype == T_BOOL:
+        return values.astype(np.bool_, copy=False)
+    if etype == T_I32:
+        return values.astype(np.int32, copy=False)
+    if values.dtype == np.uint64:
+        return values.view(np.int64)
+    return values.astype(np.int64, copy=False)
 
 
 # -- the public face ---------------------------------------------------------------------
@@ -614,30 +542,18 @@ _ENVELOPE_JSON = {
 }
 
 
-class ValueColumns:
-    """Buffers for the ``value`` column of one part file.
+@dataclass
+class Converted:
+    """A converted batch: row i's ``value`` column entry and ``value_thrift`` bytes, unless
+    ``error[i]`` is set (then :meth:`reason` says why and its entries are placeholders)."""
 
-    ``add(msg, raw)`` appends a value (parsed, and the bytes it was parsed from) to the columns
-    and returns its Thrift binary encoding;
-    ``finish()`` returns the Arrow array of everything added and empties the buffers.
-    """
+    value: pa.StructArray
+    thrift: pa.BinaryArray
+    error: Array
+    reasons: wire.Reasons
 
-    def __init__(self, desc: Any, thrift_cls: type) -> None:
-        self.add, self._node, self.descriptor, self.source = _compile(desc, thrift_cls)
-        self.rows = 0
-
-    @property
-    def arrow_type(self) -> pa.StructType:
-        return self._node.arrow_type
-
-    def rollback(self, rows: int) -> None:
-        """Drop everything after the first ``rows`` values (undoes a failed ``add``)."""
-        self._node.truncate(rows)
-
-    def finish(self) -> pa.Array:
-        array = self._node.finish()
-        self._node.truncate(0)
-        return array
+    def reason(self, row: int) -> str:
+        return self.reasons.texts[int(self.error[row])]
 
 
 class Transcoder:
@@ -655,20 +571,25 @@ class Transcoder:
                 f"thrift/{idl.IDL_NAME} struct {self.thrift_class.__name__} is not the twin of "
                 f"{self.value_type}: " + "; ".join(problems)
             )
-        self._desc = desc
-        self._scratch = self.new_value_columns()
-        self.value_arrow_type = self._scratch.arrow_type
+        self._plan = wire.plan(desc)
+        self._out = _struct_out(desc, self.thrift_class)
+        self.value_arrow_type = self._out.arrow_type
 
-    def new_value_columns(self) -> ValueColumns:
-        """Fresh buffers (with their own generated converter) for one part file."""
-        return ValueColumns(self._desc, self.thrift_class)
+    def convert(self, batch: wire.Batch) -> Converted:
+        """Convert every serialized value of ``batch`` (a bad one marks only its own row)."""
+        reasons = wire.Reasons()
+        decoded = wire.decode(self._plan, batch, reasons)
+        build = _Build(decoded.error, reasons)
+        value, thrift = build.struct(self._out, decoded, np.arange(decoded.rows))
+        return Converted(value, thrift, decoded.error, reasons)
 
     def encode(self, msg: Message) -> bytes:
         """The Thrift binary-protocol bytes of a value's twin."""
-        try:
-            return self._scratch.add(msg, msg.SerializeToString())
-        finally:
-            self._scratch.rollback(0)
+        converted = self.convert(wire.Batch.of([msg.SerializeToString()]))
+        if converted.error[0]:
+            raise ConversionError(converted.reason(0))
+        data: bytes = converted.thrift[0].as_py()
+        return data
 
     @property
     def schema(self) -> pa.Schema:
@@ -706,7 +627,7 @@ class Transcoder:
                 "name": "value",
                 "fieldId": row_fields["value"][0],
                 "requirement": "REQUIRED",
-                "type": self._scratch.descriptor,
+                "type": self._out.descriptor,
             }
         )
         children.append(

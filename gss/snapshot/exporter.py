@@ -43,7 +43,10 @@ from store.db import SignalStore
 
 log = structlog.get_logger(__name__)
 
-BATCH_ROWS = 4096
+# Rows read from the store per batch: a batch is converted in one go (one unit per signal),
+# by this process or a worker, so it is large enough for the columnar conversion to run at full
+# speed and small enough to keep both processes busy to the end.
+BATCH_ROWS = 32768
 # Below this many stored values, converting in-process beats starting worker processes.
 MIN_ROWS_FOR_WORKERS = 50_000
 PROGRESS_LOG_SECONDS = 10.0
@@ -277,11 +280,11 @@ def _convert(
     last_log = time.monotonic()
     started = time.perf_counter()
     pool.begin(job)
-    for keys, values in view.batches(galaxy, BATCH_ROWS):
-        pool.submit(keys, values)
-        scanned += len(keys)
+    for batch in view.batches(galaxy, BATCH_ROWS):
+        pool.submit(batch)
+        scanned += len(batch)
         if bar is not None:
-            bar.update(len(keys))
+            bar.update(len(batch))
         elif time.monotonic() - last_log >= PROGRESS_LOG_SECONDS:
             last_log = time.monotonic()
             log.info(

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from gss.snapshot.source import ScanBatch
 from gss.snapshot.worker import GalaxyJob, GalaxyWriter, WorkerResult
 
 log = structlog.get_logger(__name__)
@@ -37,7 +38,7 @@ class ExportWorkerError(RuntimeError):
 
 class Pool(Protocol):
     def begin(self, job: GalaxyJob) -> None: ...
-    def submit(self, keys: list[bytes], values: list[bytes]) -> None: ...
+    def submit(self, batch: ScanBatch) -> None: ...
     def end(self) -> list[WorkerResult]: ...
     def close(self) -> None: ...
 
@@ -52,9 +53,9 @@ class InlinePool:
     def begin(self, job: GalaxyJob) -> None:
         self._writer = GalaxyWriter(job, self._index)
 
-    def submit(self, keys: list[bytes], values: list[bytes]) -> None:
+    def submit(self, batch: ScanBatch) -> None:
         assert self._writer is not None
-        self._writer.add(keys, values)
+        self._writer.add(batch)
 
     def end(self) -> list[WorkerResult]:
         assert self._writer is not None
@@ -81,9 +82,7 @@ class ProcessPool:
     ) -> None:
         self._conns: list[multiprocessing.connection.Connection] = []
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._queue: queue.Queue[tuple[list[bytes], list[bytes]] | None] = queue.Queue(
-            maxsize=IN_FLIGHT * workers
-        )
+        self._queue: queue.Queue[ScanBatch | None] = queue.Queue(maxsize=IN_FLIGHT * workers)
         self._feeders: list[threading.Thread] = []
         self._failed: list[int] = []
         try:
@@ -129,7 +128,9 @@ class ProcessPool:
         conn = self._conns[index]
         while (item := self._queue.get()) is not None:
             try:
-                conn.send(("rows", *item))
+                conn.send(("rows",))
+                for part in item.buffers():
+                    conn.send_bytes(part.data)
             except OSError:
                 self._failed.append(index)
                 return
@@ -151,22 +152,22 @@ class ProcessPool:
         for feeder in self._feeders:
             feeder.start()
 
-    def try_submit(self, keys: list[bytes], values: list[bytes]) -> bool:
+    def try_submit(self, batch: ScanBatch) -> bool:
         """Queue a batch if a worker can take it soon; False if every worker is busy."""
         if self._failed:
             self._raise_failure()
         try:
-            self._queue.put_nowait((keys, values))
+            self._queue.put_nowait(batch)
         except queue.Full:
             return False
         return True
 
-    def submit(self, keys: list[bytes], values: list[bytes]) -> None:
+    def submit(self, batch: ScanBatch) -> None:
         while True:
             if self._failed:
                 self._raise_failure()
             try:
-                self._queue.put((keys, values), timeout=0.5)
+                self._queue.put(batch, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -219,9 +220,9 @@ class HybridPool:
         self._remote.begin(job)
         self._local.begin(job)
 
-    def submit(self, keys: list[bytes], values: list[bytes]) -> None:
-        if not self._remote.try_submit(keys, values):
-            self._local.submit(keys, values)
+    def submit(self, batch: ScanBatch) -> None:
+        if not self._remote.try_submit(batch):
+            self._local.submit(batch)
 
     def end(self) -> list[WorkerResult]:
         return self._remote.end() + self._local.end()

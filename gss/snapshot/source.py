@@ -27,12 +27,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 from rocksdict import AccessType, Options, Rdict, ReadOptions
 
 from gss.errors import InvalidArgumentError, UnavailableError
+from gss.snapshot import wire
+from gss.snapshot.wire import Array
 from store.db import META_CF, SignalStore
 
 log = structlog.get_logger(__name__)
@@ -43,6 +47,34 @@ def _open_options(max_open_files: int | None = None) -> Options:
     if max_open_files is not None:
         opts.set_max_open_files(max_open_files)
     return opts
+
+
+@dataclass
+class ScanBatch:
+    """Consecutive (key, stored record) pairs of a galaxy, each side laid end to end in one
+    buffer: it crosses a pipe as a few buffers and is decoded in place."""
+
+    keys: wire.Batch
+    values: wire.Batch
+
+    def __len__(self) -> int:
+        return len(self.keys.start)
+
+    def buffers(self) -> tuple[Array, ...]:
+        """What :meth:`from_buffers` rebuilds the batch from (sent as raw bytes, not pickled)."""
+        return self.keys.buf, self.keys.end, self.values.buf, self.values.end
+
+    @classmethod
+    def from_buffers(cls, parts: list[bytes]) -> ScanBatch:
+        keys, key_ends, values, value_ends = parts
+        return cls(_batch(keys, key_ends), _batch(values, value_ends))
+
+
+def _batch(data: bytes, ends: bytes) -> wire.Batch:
+    end = np.frombuffer(ends, np.int64)
+    start = np.zeros(len(end), np.int64)
+    start[1:] = end[:-1]
+    return wire.Batch(np.frombuffer(data, np.uint8), start, end)
 
 
 class StoreView:
@@ -140,7 +172,7 @@ class StoreView:
         cf = self._cfs.get(galaxy)
         return int(cf.property_int_value("rocksdb.estimate-num-keys") or 0) if cf is not None else 0
 
-    def batches(self, galaxy: str, batch_rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    def batches(self, galaxy: str, batch_rows: int) -> Iterator[ScanBatch]:
         """Every (key, stored record) of a galaxy in key order, ``batch_rows`` at a time."""
         cf = self._cfs.get(galaxy)
         if cf is None:
@@ -161,7 +193,7 @@ class StoreView:
                 add_key(key())
                 add_value(value())
                 advance()
-            yield keys, values
+            yield ScanBatch(wire.Batch.of(keys), wire.Batch.of(values))
         del it
 
     def close(self) -> None:

@@ -9,9 +9,9 @@ rejects file with its reason, and never silently dropped.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import multiprocessing.connection
-import struct
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,31 +19,31 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import structlog
 from google.protobuf import symbol_database
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
+from numpy.lib.stride_tricks import sliding_window_view
 
-from gss.snapshot import layout
-from gss.snapshot.convert import ENVELOPE_FIELDS, ConversionError, Transcoder, transcoder
-from store import records
+from gss.snapshot import layout, wire
+from gss.snapshot import stored as stored_records
+from gss.snapshot.convert import (
+    ENVELOPE_FIELDS,
+    Transcoder,
+    arrow_scalar,
+    numpy_array,
+    numpy_bools,
+    transcoder,
+)
+from gss.snapshot.source import ScanBatch
+from gss.snapshot.wire import Array
 from store.keys import EntityCodec, KeyType, split_store_key
 
 log = structlog.get_logger(__name__)
 
 # Rejected values kept in a manifest as examples (all of them go to the rejects file).
 REJECT_SAMPLES = 10
-# What a value that cannot be converted raises (anything else is a bug and stops the export).
-_REJECTABLE = (
-    ValueError,
-    DecodeError,
-    ConversionError,
-    UnicodeError,
-    OverflowError,
-    TypeError,
-    IndexError,
-    struct.error,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,12 @@ def resolve_message_class(value_type: str, imports: tuple[str, ...]) -> type[Mes
 
 
 class _SignalBuffer:
-    """Rows of one signal waiting to become a row group, and the part file they go to."""
+    """One signal's share of a worker: converts its records as they come and writes them to its
+    part file, a row group at a time.
+
+    Each batch's records of the signal are converted at once (decoded into columns, checked,
+    transcoded); the converted tables wait until they make a row group.
+    """
 
     def __init__(
         self, job: GalaxyJob, sig: SignalJob, worker_index: int, codec: EntityCodec
@@ -122,99 +127,116 @@ class _SignalBuffer:
         self.message_class = resolve_message_class(sig.value_type, job.imports)
         self.transcoder: Transcoder = transcoder(self.message_class)
         self.type_url = "type.googleapis.com/" + sig.value_type
+        self._type_url_scalar = arrow_scalar(self.type_url.encode(), pa.string())
+        self.codec = codec
         self.to_text = codec.to_text
         self.path = Path(sig.staging) / layout.part_file_name(worker_index)
         self.rejects_path = Path(sig.staging) / f"_rejects-{worker_index:05d}.jsonl"
         self.schema = self.transcoder.schema.with_metadata(self.transcoder.footer_metadata())
         self.stats = SignalStats()
-        self.value_columns = self.transcoder.new_value_columns()
-        self.add_value = self.value_columns.add
         self._writer: pq.ParquetWriter | None = None
         self._expired_before = (
             (job.snapshot_time_us - sig.ttl_us) if sig.ttl_us is not None else None
         )
-        self.entity: list[str] = []
-        self.event: list[int] = []
-        self.write_s: list[int] = []
-        self.write_ns: list[int] = []
-        self.producer: list[str] = []
-        self.model_name: list[str] = []
-        self.model_version: list[str] = []
-        self.thrift: list[bytes] = []
-        self._columns = (
-            self.entity,
-            self.event,
-            self.write_s,
-            self.write_ns,
-            self.producer,
-            self.model_name,
-            self.model_version,
-            self.thrift,
+        # Converted rows waiting to make a row group, and the stored bytes they came from.
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
+
+    def add(self, entities: Array, records: wire.Batch) -> None:
+        """Convert stored records of this signal (``entities``: their ids, one row each)."""
+        table, event, rejected = self._convert(entities, records)
+        for row, reason in rejected:
+            entity = entities[row].tobytes()
+            stored = records.buf[records.start[row] : records.end[row]].tobytes()
+            self.reject(entity, stored, reason)
+        if table is None:
+            return
+        self._count(event)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self._pending_bytes += int((records.end - records.start).sum())
+        if (
+            self._pending_rows >= self.job.row_group_rows
+            or self._pending_bytes >= self.job.row_group_bytes
+        ):
+            self._write_pending()
+
+    def _convert(
+        self, entities: Array, batch: wire.Batch
+    ) -> tuple[pa.Table | None, Array, list[tuple[int, str]]]:
+        """The records as a table of the good rows, their event times, and (row, reason) of
+        the others."""
+        columns = stored_records.decode(batch)
+        rejected: dict[int, str] = {
+            int(row): columns.reason(row) for row in np.flatnonzero(columns.error)
+        }
+        wrong_type = ~numpy_bools(pc.equal(columns.type_url, self._type_url_scalar))
+        wrong_type &= columns.error == 0
+        for row in np.flatnonzero(wrong_type).tolist():
+            found = columns.type_url[row].as_py()
+            rejected[row] = (
+                f"ConversionError: value has type {found or 'unset'}; signal "
+                f"{self.sig.name}@{self.sig.version} stores {self.sig.value_type}"
+            )
+        candidates = None  # rows whose value is converted (None: all)
+        values = columns.values
+        if rejected:
+            candidates = np.setdiff1d(
+                np.arange(len(batch.start)), np.fromiter(rejected, np.int64, len(rejected))
+            )
+            values = wire.Batch(batch.buf, values.start[candidates], values.end[candidates])
+        converted = self.transcoder.convert(values)
+        value, thrift = converted.value, converted.thrift
+        if converted.error.any():
+            bad = np.flatnonzero(converted.error)
+            for at in bad.tolist():
+                row = at if candidates is None else int(candidates[at])
+                rejected[row] = converted.reason(at)
+            fine = converted.error == 0
+            candidates = np.flatnonzero(fine) if candidates is None else candidates[fine]
+            mask = numpy_array(fine, pa.bool_())
+            value, thrift = value.filter(mask), thrift.filter(mask)
+        reasons = sorted(rejected.items())
+        keep = candidates
+        if keep is not None and not len(keep):
+            return None, np.zeros(0, np.int64), reasons
+        event = columns.event_us if keep is None else columns.event_us[keep]
+        expired = (
+            event < self._expired_before
+            if self._expired_before is not None
+            else np.zeros(len(event), bool)
         )
-        self.pending_bytes = 0
+        write = columns.write_us if keep is None else columns.write_us[keep]
+        entity = self.entity_text(entities if keep is None else entities[keep])
+        texts = [columns.producer, columns.model_name, columns.model_version]
+        if keep is not None:
+            indices = numpy_array(keep, pa.int64())
+            texts = [text.take(indices) for text in texts]
+        ts = ENVELOPE_FIELDS[1][1]
+        arrays = [
+            entity,
+            numpy_array(event, ts),
+            numpy_array(write, ts),
+            *texts,
+            numpy_array(expired, pa.bool_()),
+            value,
+            thrift,
+        ]
+        return pa.Table.from_arrays(arrays, schema=self.schema), event, reasons
 
-    def _reset(self) -> None:
-        # Cleared in place: add_many keeps bound appenders across row groups.
-        for column in self._columns:
-            column.clear()
-        self.pending_bytes = 0
+    def entity_text(self, entities: Array) -> pa.Array:
+        """The text form of entity ids (rows of an (n, key length) uint8 matrix), as
+        EntityCodec.to_text: decimal for int64 galaxies, lowercase hex for bytes galaxies."""
+        if self.codec.key_type is KeyType.INT64:
+            ids = np.ascontiguousarray(entities).view(">u8").reshape(-1).astype(np.uint64)
+            return numpy_array(ids, pa.uint64()).cast(pa.string())
+        width = 2 * self.codec.length
+        text = np.frombuffer(binascii.hexlify(np.ascontiguousarray(entities).data), np.uint8)
+        offsets = np.arange(0, (len(entities) + 1) * width, width, dtype=np.int32)
+        return wire.Blobs(text, offsets).arrow(pa.string())
 
-    def add_many(self, entities: list[bytes], stored_values: list[bytes]) -> None:
-        """Convert and buffer stored records of this signal (the hot loop: locals only)."""
-        # store.records' own pieces (header, then the cell) rather than StoredRecord.decode:
-        # its frozen dataclass costs 0.7 µs a row, a tenth of the export's time.
-        header, cell_of, version = records.HEADER.unpack_from, records.cell_of, records.FORMAT_V1
-        type_url = self.type_url
-        parse = self.message_class.FromString
-        add_value = self.value_columns.add
-        to_text = self.to_text
-        entity_app, event_app = self.entity.append, self.event.append
-        write_s_app, write_ns_app = self.write_s.append, self.write_ns.append
-        producer_app, name_app, version_app = (
-            self.producer.append,
-            self.model_name.append,
-            self.model_version.append,
-        )
-        thrift_app = self.thrift.append
-        row_limit, byte_limit = self.job.row_group_rows, self.job.row_group_bytes
-        rows, pending = len(self.entity), self.pending_bytes
-        for entity, stored in zip(entities, stored_values, strict=True):
-            try:
-                fmt, event_us, _ = header(stored)
-                if fmt != version:
-                    records.StoredRecord.decode(stored)  # raises, naming the format
-                record = cell_of(stored)
-                value = record.value
-                if value.type_url != type_url:
-                    raise ConversionError(
-                        f"value has type {value.type_url or 'unset'}; signal "
-                        f"{self.sig.name}@{self.sig.version} stores {self.sig.value_type}"
-                    )
-                text = to_text(entity)
-                raw = value.value
-                encoded = add_value(parse(raw), raw)
-            except _REJECTABLE as exc:
-                self.value_columns.rollback(rows)
-                self.reject(entity, stored, exc)
-                continue
-            env = record.envelope
-            written = env.write_time
-            entity_app(text)
-            event_app(event_us)
-            write_s_app(written.seconds)
-            write_ns_app(written.nanos)
-            producer_app(env.producer)
-            name_app(env.model_name)
-            version_app(env.model_version)
-            thrift_app(encoded)
-            rows += 1
-            pending += len(stored)
-            if rows >= row_limit or pending >= byte_limit:
-                self.flush()
-                rows = pending = 0
-        self.pending_bytes = pending
-
-    def reject(self, entity: bytes, stored: bytes, exc: BaseException) -> None:
+    def reject(self, entity: bytes, stored: bytes, reason: str) -> None:
         """Count a value that cannot be converted and keep it, with the reason, in the rejects file."""
         stats = self.stats
         stats.rejected_rows += 1
@@ -225,7 +247,7 @@ class _SignalBuffer:
         entry = {
             "entity_id": entity_text,
             "signal": f"{self.sig.name}@{self.sig.version}",
-            "reason": f"{type(exc).__name__}: {exc}",
+            "reason": reason,
             "stored_base64": base64.b64encode(stored).decode(),
         }
         if len(stats.reject_samples) < REJECT_SAMPLES:
@@ -244,23 +266,11 @@ class _SignalBuffer:
                 rejects_path=str(self.rejects_path),
             )
 
-    def flush(self) -> None:
-        """Write the buffered rows as one row group and update the counts from them."""
-        if not self.entity:
-            return
-        event = np.array(self.event, dtype=np.int64)
-        write = (
-            np.array(self.write_s, dtype=np.int64) * 1_000_000
-            + np.array(self.write_ns, dtype=np.int64) // 1000
-        )
-        expired = (
-            event < self._expired_before
-            if self._expired_before is not None
-            else np.zeros(len(event), bool)
-        )
+    def _count(self, event: Array) -> None:
         stats = self.stats
         stats.rows += len(event)
-        stats.expired_rows += int(expired.sum())
+        if self._expired_before is not None:
+            stats.expired_rows += int((event < self._expired_before).sum())
         stats.rows_after_dt += int((event >= self.job.dt_end_us).sum())
         low, high = int(event.min()), int(event.max())
         stats.min_event_time_us = (
@@ -269,26 +279,31 @@ class _SignalBuffer:
         stats.max_event_time_us = (
             high if stats.max_event_time_us is None else max(high, stats.max_event_time_us)
         )
-        ts = ENVELOPE_FIELDS[1][1]
-        arrays = [
-            pa.array(self.entity, pa.string()),
-            pa.array(event, ts),
-            pa.array(write, ts),
-            pa.array(self.producer, pa.string()),
-            pa.array(self.model_name, pa.string()),
-            pa.array(self.model_version, pa.string()),
-            pa.array(expired, pa.bool_()),
-            self.value_columns.finish(),
-            pa.array(self.thrift, pa.binary()),
-        ]
-        table = pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def _write_pending(self, final: bool = False) -> None:
+        """Write full row groups (``row_group_rows`` rows, or fewer once their stored bytes
+        reach ``row_group_bytes``); with ``final``, the rest too."""
+        if not self._pending_rows:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending = []
+        row_limit = self.job.row_group_rows
         if self._writer is None:
             self._writer = open_part_writer(self.path, self.schema, self.job.compression)
-        self._writer.write_table(table, row_group_size=table.num_rows)
-        self._reset()
+        by_bytes = self._pending_bytes >= self.job.row_group_bytes
+        at = 0
+        while table.num_rows - at >= row_limit or (at < table.num_rows and (final or by_bytes)):
+            size = min(row_limit, table.num_rows - at)
+            self._writer.write_table(table.slice(at, size), row_group_size=size)
+            at += size
+        rest = table.num_rows - at
+        if rest:
+            self._pending = [table.slice(at)]
+        self._pending_bytes = self._pending_bytes * rest // max(self._pending_rows, 1)
+        self._pending_rows = rest
 
     def close(self) -> SignalStats:
-        self.flush()
+        self._write_pending(final=True)
         if self._writer is not None:
             self._writer.close()
             layout.fsync_file(self.path)
@@ -321,23 +336,25 @@ class GalaxyWriter:
         self._unregistered: dict[str, int] = {}
         self._malformed = 0
 
-    def add(self, keys: list[bytes], values: list[bytes]) -> None:
-        """Route a batch of (key, stored record) to the signals' buffers and convert it."""
-        length = self.job.key_length
-        buffers = self._buffers
-        groups: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
-        for key, stored in zip(keys, values, strict=True):
-            suffix = key[length:]
-            group = groups.get(suffix)
-            if group is None:
-                if suffix not in buffers:
-                    self._unrouted(key)
-                    continue
-                group = groups[suffix] = ([], [])
-            group[0].append(key[:length])
-            group[1].append(stored)
-        for suffix, (entities, stored_values) in groups.items():
-            buffers[suffix].add_many(entities, stored_values)
+    def add(self, batch: ScanBatch) -> None:
+        """Route a batch of (key, stored record) to the signals and convert it."""
+        keys, length = batch.keys, self.job.key_length
+        key_length = keys.end - keys.start
+        routed = np.zeros(len(batch), bool)
+        for suffix, buffer in self._buffers.items():
+            rows = np.flatnonzero(key_length == length + len(suffix))
+            if not rows.size:
+                continue
+            tails = sliding_window_view(keys.buf, len(suffix))[keys.start[rows] + length]
+            rows = rows[(tails == np.frombuffer(suffix, np.uint8)).all(axis=1)]
+            if not rows.size:
+                continue
+            routed[rows] = True
+            entities = sliding_window_view(keys.buf, length)[keys.start[rows]]
+            values = batch.values
+            buffer.add(entities, wire.Batch(values.buf, values.start[rows], values.end[rows]))
+        for row in np.flatnonzero(~routed).tolist():
+            self._unrouted(keys.buf[keys.start[row] : keys.end[row]].tobytes())
 
     def _unrouted(self, key: bytes) -> None:
         try:
@@ -368,7 +385,8 @@ class GalaxyWriter:
 def worker_main(
     conn: multiprocessing.connection.Connection, index: int, log_level: str, log_format: str
 ) -> None:
-    """A worker process: ``("begin", job)``, ``("rows", keys, values)``..., ``("end",)``, ``("stop",)``.
+    """A worker process: ``("begin", job)``, ``("rows",)`` + the batch's buffers (see
+    ScanBatch.buffers)..., ``("end",)``, ``("stop",)``.
 
     ``rows`` messages are not answered (a blocking send is the exporter's flow control);
     ``end`` is answered with ``("done", WorkerResult)``; any failure with ``("error", text)``.
@@ -389,7 +407,7 @@ def worker_main(
                 writer = GalaxyWriter(msg[1], index)
             elif kind == "rows":
                 assert writer is not None
-                writer.add(msg[1], msg[2])
+                writer.add(ScanBatch.from_buffers([conn.recv_bytes() for _ in range(4)]))
             elif kind == "end":
                 assert writer is not None
                 conn.send(("done", writer.close()))

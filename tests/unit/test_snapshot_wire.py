@@ -1,0 +1,255 @@
+"""The columnar protobuf decoder of the export against upb, the protobuf runtime GSS runs on."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError, Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gss.snapshot import stored, wire
+from gss.snapshot.convert import TIMESTAMP, transcoder
+from gss.snapshot.worker import _SignalBuffer
+from gss.v1 import envelope_pb2, signals_pb2
+from store import records
+from store.keys import EntityCodec, KeyType
+from tests.snapshot_fixtures import example_value
+
+SIGNALS = ["embedding", "dominant_colors", "dhash", "near_duplicate_of", "safety_score"]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    tag = _varint(number << 3 | wire_type)
+    return tag + (_varint(len(payload)) + payload if wire_type == 2 else payload)
+
+
+def _thrift_plain(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_thrift_plain(v) for v in obj]
+    if hasattr(obj, "thrift_spec"):
+        return {s[1]: _thrift_plain(getattr(obj, s[1])) for s in obj.thrift_spec.values()}
+    return obj
+
+
+def _expected(msg: Message) -> Any:
+    """A proto value in the Thrift domain, computed from upb's parse (the reference)."""
+    out = {}
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        if fd.type == fd.TYPE_MESSAGE and fd.message_type.full_name == TIMESTAMP:
+            out[fd.name] = (
+                value.seconds * 1_000_000 + value.nanos // 1000 if msg.HasField(fd.name) else None
+            )
+        elif fd.label == fd.LABEL_REPEATED:
+            out[fd.name] = [_expected(v) if fd.type == fd.TYPE_MESSAGE else v for v in value]
+        elif fd.type == fd.TYPE_MESSAGE:
+            out[fd.name] = _expected(value) if msg.HasField(fd.name) else None
+        elif fd.type in (fd.TYPE_FIXED64, fd.TYPE_UINT64) and value >= 1 << 63:
+            out[fd.name] = value - (1 << 64)
+        else:
+            out[fd.name] = value
+    return out
+
+
+def _convert(cls: type[Message], payloads: list[bytes]) -> tuple[list[Any], list[str]]:
+    """(Thrift-domain value or None, error reason) of each payload, converted in one batch."""
+    tc = transcoder(cls)
+    converted = tc.convert(wire.Batch.of(payloads))
+    values = []
+    for i in range(len(payloads)):
+        if converted.error[i]:
+            values.append(None)
+        else:
+            values.append(_thrift_plain(tc.decode(converted.thrift[i].as_py())))
+    return values, [converted.reason(i) for i in range(len(payloads))]
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_a_batch_decodes_like_upb_row_by_row(signal: str) -> None:
+    """Values of every example type, decoded as one batch, equal upb's parse of each value."""
+    msgs = [example_value(signal, n) for n in range(40)]
+    values, reasons = _convert(type(msgs[0]), [m.SerializeToString() for m in msgs])
+    assert reasons == [""] * 40
+    assert values == [_expected(m) for m in msgs]
+
+
+def test_non_canonical_encodings_read_as_upb_reads_them() -> None:
+    """Fields out of order, a scalar twice (the last wins), a sub-message twice (merged),
+    packed and unpacked runs mixed, and unknown fields of every wire type between them."""
+    unknown = (
+        _field(9, 0, _varint(300))
+        + _field(10, 1, b"\x01" * 8)
+        + _field(11, 2, b"xyz")
+        + _field(12, 5, b"\x02" * 4)
+    )
+    floats = [struct.pack("<f", v) for v in (1.5, 2.5, 3.5, 4.5)]
+    cases: list[tuple[type[Message], bytes]] = [
+        (signals_pb2.SafetyScore, _field(3, 2, b"v2") + unknown + _field(1, 5, floats[0])),
+        (signals_pb2.DHash, _field(1, 1, b"\x01" * 8) + _field(1, 1, b"\x02" * 8)),
+        (
+            signals_pb2.WindowedCount,
+            _field(2, 2, _field(1, 0, _varint(5))) + unknown + _field(2, 2, _field(2, 0, b"\x07")),
+        ),
+        (
+            signals_pb2.Embedding,
+            b"".join(
+                [
+                    _field(1, 2, floats[0] + floats[1]),
+                    _field(1, 5, floats[2]),
+                    unknown,
+                    _field(1, 2, floats[3]),
+                ]
+            ),
+        ),
+        (signals_pb2.NearDuplicate, _field(2, 0, _varint(2**40 + 7)) + _field(1, 0, b"\x05")),
+        (
+            signals_pb2.DominantColors,
+            _field(1, 2, _field(4, 5, floats[1]) + _field(1, 0, b"\x09"))
+            + unknown
+            + _field(1, 2, b"")
+            + _field(1, 2, _field(3, 0, _varint(2**32 + 3))),
+        ),
+    ]
+    for cls, data in cases:
+        expected = _expected(cls.FromString(data))
+        # Surrounded by plain values, so rows must not leak into each other.
+        plain = cls().SerializeToString()
+        values, reasons = _convert(cls, [plain, data, plain])
+        assert reasons == ["", "", ""], (cls, reasons)
+        assert values[1] == expected, cls
+        assert values[0] == values[2] == _expected(cls())
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x0d\x00\x00", "truncated"),  # fixed32 cut short
+        (b"\x0a\x05ab", "truncated"),  # length beyond the message
+        (b"\x0a" + b"\xff" * 11, "malformed"),  # a varint longer than 10 bytes
+        (b"\x0f", "malformed"),  # wire type 7
+        (b"\x00\x01", "malformed"),  # field number 0
+        (b"\x0a\x03\x00\x00\x00", "partial element"),  # packed floats, 3 bytes
+    ],
+)
+def test_a_malformed_value_marks_only_its_row(data: bytes, reason: str) -> None:
+    """upb refuses these; so does the batch decoder, for that row alone, saying why."""
+    with pytest.raises(DecodeError):
+        signals_pb2.Embedding.FromString(data)
+    good = signals_pb2.Embedding(values=[1.0, 2.0]).SerializeToString()
+    values, reasons = _convert(signals_pb2.Embedding, [good, data, good])
+    assert reasons[0] == reasons[2] == ""
+    assert reasons[1].startswith("DecodeError"), reasons[1]
+    assert reason in reasons[1], reasons[1]
+    assert values[0] == values[2] == {"values": [1.0, 2.0]}
+
+
+def test_invalid_utf8_in_a_string_is_refused() -> None:
+    """proto3 strings must be UTF-8 (upb refuses others); bytes fields may hold anything."""
+    bad = _field(1, 2, b"\xff\xfe")
+    with pytest.raises(DecodeError):
+        signals_pb2.NearDuplicate.FromString(bad)
+    values, reasons = _convert(signals_pb2.NearDuplicate, [_field(1, 2, "ü".encode()), bad])
+    assert values[0] == {"canonical_entity_id": "ü", "hamming_distance": 0}
+    assert "UTF-8" in reasons[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    signal=st.sampled_from(SIGNALS),
+    n=st.integers(0, 50),
+    cut=st.integers(0, 10_000),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+)
+def test_damaged_values_are_refused_exactly_when_upb_refuses_them(
+    signal: str, n: int, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """Truncated or corrupted bytes: where upb parses them, the batch decoder reads the same
+    value; where upb refuses them, so does the decoder. (Groups, wire types 3 and 4, are the
+    one documented difference: upb skips unknown ones, the decoder refuses them.)"""
+    msg = example_value(signal, n)
+    data = bytearray(msg.SerializeToString())
+    for at, byte in flips:
+        if data:
+            data[at % len(data)] = byte
+    damaged = bytes(data[: cut % (len(data) + 1)])
+    values, reasons = _convert(type(msg), [damaged])
+    try:
+        reference = type(msg).FromString(damaged)
+    except DecodeError:
+        assert values == [None], "upb refuses these bytes; the decoder must too"
+        return
+    if values == [None]:
+        assert "malformed" in reasons[0], reasons[0]
+        assert _has_group(damaged), f"refused valid bytes: {reasons[0]}"
+        return
+    assert values[0] == _expected(reference)
+
+
+def _has_group(data: bytes) -> bool:
+    """Whether an unknown field could have been read as a group (wire types 3/4) in ``data``."""
+    return any(b & 7 in (3, 4) for b in data)
+
+
+def test_stored_records_decode_like_store_records() -> None:
+    """Envelope columns and value ranges of stored records equal StoredRecord.decode; a record
+    of another format, a short one and one without a cell are refused, each for its reason."""
+    envelope = envelope_pb2.Envelope(producer="p", model_name="m", model_version="7")
+    envelope.event_time.FromMicroseconds(1_700_000_000_123_456)
+    envelope.write_time.FromMicroseconds(1_700_000_001_654_321)
+    value = signals_pb2.DHash(hash=2**64 - 1)
+    from google.protobuf import any_pb2
+
+    packed = any_pb2.Any()
+    packed.Pack(value)
+    good = records.encode(3, packed, envelope)
+    other_format = b"\x02" + good[1:]
+    no_cell = good[: records.HEADER.size]
+    batch = wire.Batch.of([good, other_format, b"\x01\x02", no_cell, good])
+    columns = stored.decode(batch)
+    assert [columns.reason(i).split(":")[0] for i in range(5)] == [
+        "",
+        "ValueError",
+        "ValueError",
+        "IndexError",
+        "",
+    ]
+    assert "format 2" in columns.reason(1)
+    reference = records.StoredRecord.decode(good)
+    assert int(columns.event_us[0]) == reference.event_time_us
+    assert int(columns.write_us[4]) == records.timestamp_us(reference.envelope.write_time)
+    assert columns.producer[0].as_py() == "p"
+    assert columns.model_version[4].as_py() == "7"
+    assert columns.type_url[0].as_py() == packed.type_url
+    start, end = int(columns.values.start[0]), int(columns.values.end[0])
+    assert batch.buf[start:end].tobytes() == packed.value
+
+
+@pytest.mark.parametrize(
+    ("key_type", "length", "ids"),
+    [
+        (KeyType.INT64, 8, [0, 1, 10, 2**63 - 1, 2**32]),
+        (KeyType.BYTES, 16, [0, 1, 2**128 - 1, 0xAB << 64]),
+        (KeyType.BYTES, 3, [0, 0xABCDEF, 0x0F00]),
+    ],
+)
+def test_entity_text_is_the_codec_text_form(key_type: KeyType, length: int, ids: list[int]) -> None:
+    """The export's bulk text form of entity ids equals EntityCodec.to_text, id by id."""
+    codec = EntityCodec(key_type, length)
+    raw = [i.to_bytes(length, "big") for i in ids]
+    matrix = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), length)
+    buffer = _SignalBuffer.__new__(_SignalBuffer)
+    buffer.codec = codec
+    assert buffer.entity_text(matrix).to_pylist() == [codec.to_text(r) for r in raw]
