@@ -260,16 +260,34 @@ def galaxies(cli: CliContext, target: str | None, as_json: bool) -> None:
 @click.option(
     "--port", type=int, default=None, help="GSS port (default: server.port; 0 picks one)."
 )
+@click.option(
+    "--compute/--no-compute",
+    default=True,
+    help="Run Triton, the Flink job and the content generator (default), or serving and events only.",
+)
+@click.option(
+    "--rate", type=float, default=10.0, show_default=True, help="Content events a second."
+)
 @pass_cli
-def run(cli: CliContext, duration: float | None, data: str, port: int | None) -> None:
-    """Run the main job on embedded defaults and show signals flowing end to end."""
+def run(
+    cli: CliContext, duration: float | None, data: str, port: int | None, compute: bool, rate: float
+) -> None:
+    """Run the main job on embedded defaults: broker, Triton, GSS, the Flink job and a content
+    generator, showing signals becoming readable and announced."""
     from gss.stack import run_local_stack
 
     overrides: dict[str, Any] = {"store": {"path": str(Path(data) / "store")}}
     if port is not None:
         overrides["server"] = {"port": port}
     settings = cli.settings(**overrides)
-    run_local_stack(settings, Path(data), duration=duration, out=sys.stdout)
+    run_local_stack(
+        settings,
+        Path(data),
+        duration=duration,
+        out=sys.stdout,
+        compute=compute,
+        rate_per_second=rate,
+    )
 
 
 def register(main: click.Group) -> None:

@@ -1,8 +1,9 @@
-"""`gss run` starts its own broker and shows values flowing to availability events."""
+"""`gss run`, the main job: every part started by the project's own code, signals flowing."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gss_run_shows_events_flowing(tmp_path: Path) -> None:
-    """The main job starts a local broker, writes through the changelog, prints the lookups
-    and one availability event per example value, and stops cleanly (broker included)."""
-    result = subprocess.run(
+def gss_run(data: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -25,23 +24,46 @@ def test_gss_run_shows_events_flowing(tmp_path: Path) -> None:
             "--log-level",
             "WARNING",
             "run",
-            "--duration",
-            "3",
             "--port",
             "0",
             "--data",
-            str(tmp_path / "data"),
+            str(data),
+            *args,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
         env={**os.environ, "GSS_SERVER__METRICS_PORT": "0"},
     )
+
+
+def test_gss_run_serving_only_shows_events_flowing(tmp_path: Path) -> None:
+    """Without compute: a local broker, writes through the changelog (readable on return), the
+    lookups, one availability event per example value, a snapshot, and a clean stop."""
+    result = gss_run(tmp_path / "data", "--no-compute", "--duration", "3", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "local Kafka-protocol broker on 127.0.0.1:" in result.stdout
     assert "outcomes [1, 1, 1]" in result.stdout  # APPLIED: readable when PutSignals returned
-    events = [line for line in result.stdout.splitlines() if line.strip().startswith("event ")]
-    assert len(events) == 3, result.stdout
+    assert "3 availability events in all" in result.stdout, result.stdout
+    assert "snapshot dt=" in result.stdout
     assert result.stdout.rstrip().endswith("stopped")
+
+
+def test_gss_run_computes_serves_announces_and_exports(tmp_path: Path) -> None:
+    """The whole chain on one machine: generated content events -> Flink plugins (two calling
+    Triton) -> changelog -> GSS -> availability events and lookups -> a snapshot partition."""
+    result = gss_run(tmp_path / "data", "--duration", "30", "--rate", "20", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "Triton serving" in out
+    assert re.search(r"compute job \w+ on a Flink MiniCluster: \d+ plugins", out), out
+    assert re.search(r"availability events: .*images/dominant_colors@1 \d+", out), out
+    assert "(by flink:gss-compute)" in out  # a plugin's value, read back through GetSignals
+    assert "model image_embedding@1" in out  # a model's value, with its envelope
+    snapshot = re.search(r"snapshot dt=\S+: (\d+) rows in (\d+) partitions", out)
+    assert snapshot is not None, out
+    assert int(snapshot[1]) > 3
+    assert list((tmp_path / "data" / "snapshots").glob("images/*/dt=*/_SUCCESS"))
+    assert out.rstrip().endswith("stopped")
