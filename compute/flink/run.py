@@ -41,6 +41,21 @@ def bound_plugins(
     return bind(chosen, registry, settings)
 
 
+def check_ready(settings: Settings, bounds: Sequence[Bound]) -> None:
+    """Refuse to start a job that could only fail: no broker, or models without Triton."""
+    if not settings.kafka.bootstrap_servers:
+        raise InvalidArgumentError(
+            "the compute job needs a broker: set GSS_KAFKA__BOOTSTRAP_SERVERS (host:port)"
+        )
+    needing = [b.ref for b in bounds if b.plugin.model is not None]
+    if needing and not settings.triton.url:
+        raise InvalidArgumentError(
+            f"plugins {', '.join(needing)} call Triton models but triton.url is not set: set "
+            "GSS_TRITON__URL (host:port of Triton's HTTP endpoint; `gss models serve` starts "
+            "one), or run without them (`gss compute run --skip-models`)"
+        )
+
+
 def ensure_topics(
     settings: Settings,
     bounds: Sequence[Bound],
@@ -124,6 +139,7 @@ class ComputeJob:
             python_workers,
         )
 
+        check_ready(self.settings, self.bounds)
         if self.create_topics:
             ensure_topics(self.settings, self.bounds, self.registry)
         started = time.monotonic()
@@ -200,8 +216,8 @@ def execute(settings: Settings) -> None:
 
     registry = load_registry(settings.registry_path)
     bounds = bound_plugins(settings, None, registry)
-    if settings.kafka.bootstrap_servers:
-        ensure_topics(settings, bounds, registry)
+    check_ready(settings, bounds)
+    ensure_topics(settings, bounds, registry)
     with python_workers(settings):
         env = create_environment(settings)
         build_pipeline(env, bounds, settings)

@@ -90,12 +90,17 @@ def compute() -> None:
     help="Plugin module, package or path (repeatable; settings: compute.plugins).",
 )
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--skip-models", is_flag=True, help="Leave out plugins that call Triton models.")
 @click.option(
     "--detach", is_flag=True, help="Submit and return (remote mode): the cluster keeps it."
 )
 @pass_cli
 def compute_run(
-    cli: CliContext, targets: tuple[str, ...], duration: float | None, detach: bool
+    cli: CliContext,
+    targets: tuple[str, ...],
+    duration: float | None,
+    skip_models: bool,
+    detach: bool,
 ) -> None:
     """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says otherwise)."""
     from compute.flink import gateway
@@ -104,11 +109,13 @@ def compute_run(
 
     overrides = {"compute": {"plugins": list(targets)}} if targets else {}
     settings = cli.settings(**overrides)
-    stop = threading.Event()
-    for signum in (signals.SIGINT, signals.SIGTERM):
-        signals.signal(signum, lambda *_: stop.set())
     try:
-        job = ComputeJob(settings, registry=cli.registry()).start()
+        plugins = None
+        if skip_models:
+            from compute.loader import load_plugins
+
+            plugins = [p for p in load_plugins(settings.compute.plugins) if p.model is None]
+        job = ComputeJob(settings, plugins, registry=cli.registry()).start()
     except GssError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -118,6 +125,9 @@ def compute_run(
     )
     if detach:
         return
+    stop = threading.Event()
+    for signum in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(signum, lambda *_: stop.set())
     try:
         status = job.wait(stop, duration)
         click.echo(f"compute job {status.lower()}", err=True)

@@ -327,3 +327,29 @@ def test_cli_signal_test_reports_a_plugin_file_without_plugins(tmp_path: Path) -
     result = CliRunner().invoke(main, ["signal", "test", str(empty), "--events", str(events)])
     assert result.exit_code != 0
     assert "no @signal plugins" in result.stderr
+
+
+def test_cli_compute_plugins_lists_what_would_run() -> None:
+    """`gss compute plugins` lists every example with its shape, input and changelog."""
+    result = CliRunner().invoke(main, ["compute", "plugins"])
+    assert result.exit_code == 0, result.output
+    assert "images/near_duplicate_of@1" in result.output
+    assert "gss.images.changelog -> gss.images.changelog" in result.output
+    assert "model=image_embedding" in result.output
+
+
+def test_cli_compute_run_refuses_to_start_without_a_broker_or_triton(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a broker, or with model plugins but no Triton, the job is refused before
+    Flink starts, with the setting to change."""
+    monkeypatch.delenv("GSS_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("GSS_TRITON__URL", raising=False)
+    result = CliRunner().invoke(main, ["compute", "run", "--skip-models"])
+    assert result.exit_code != 0
+    assert "GSS_KAFKA__BOOTSTRAP_SERVERS" in result.output
+    monkeypatch.setenv("GSS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    result = CliRunner().invoke(main, ["compute", "run"])
+    assert result.exit_code != 0
+    assert "GSS_TRITON__URL" in result.output
+    assert "--skip-models" in result.output
