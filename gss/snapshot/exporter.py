@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 # Rows read from the store per batch: a batch is converted in one go (one unit per signal),
 # by this process or a worker, so it is large enough for the columnar conversion to run at full
 # speed and small enough to keep both processes busy to the end.
-BATCH_ROWS = 32768
+BATCH_ROWS = 16384
 # Below this many stored values, converting in-process beats starting worker processes.
 MIN_ROWS_FOR_WORKERS = 50_000
 PROGRESS_LOG_SECONDS = 10.0
@@ -320,13 +320,13 @@ def _finish_partition(
     signal, version, value_type = spec.name, spec.version, spec.value_type
     tc = transcoder(spec.message_class)
     schema = tc.schema.with_metadata(tc.footer_metadata())
-    parts = sorted(s.part_file for s in stats if s.part_file)
+    parts = sorted((s.part_file for s in stats if s.part_file), key=lambda f: f.name)
     if not parts:
         # An empty partition still gets one (empty) file, so engines can read its schema.
         empty = staging / layout.part_file_name(0)
         open_part_writer(empty, schema, settings.compression).close()
         layout.fsync_file(empty)
-        parts = [empty.name]
+        parts = [manifest.describe_file(empty)]
     m = manifest.PartitionManifest(
         galaxy=galaxy,
         signal=signal,
@@ -366,7 +366,7 @@ def _finish_partition(
             "rows": m.rejected_rows,
             "sha256": manifest.sha256_of(merged),
         }
-    m.files = [manifest.describe_file(staging / name) for name in parts]
+    m.files = parts
     m.schema = manifest.schema_json(tc.schema)
     m.thrift_descriptor = tc.row_descriptor()
     location = settings.location_uri or root.as_uri()

@@ -172,6 +172,17 @@ class ProcessPool:
             except queue.Full:
                 continue
 
+    def take_back(self) -> list[ScanBatch]:
+        """The batches still queued (no worker has taken them), for the caller to convert."""
+        taken: list[ScanBatch] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return taken
+            assert item is not None
+            taken.append(item)
+
     def end(self) -> list[WorkerResult]:
         for _ in self._feeders:
             while True:
@@ -225,7 +236,12 @@ class HybridPool:
             self._local.submit(batch)
 
     def end(self) -> list[WorkerResult]:
-        return self._remote.end() + self._local.end()
+        # Batches no worker has taken yet are converted here rather than waited for, and this
+        # process writes its last row groups while the workers finish theirs.
+        for batch in self._remote.take_back():
+            self._local.submit(batch)
+        local = self._local.end()
+        return self._remote.end() + local
 
     def close(self) -> None:
         self._remote.close()

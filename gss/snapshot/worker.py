@@ -26,7 +26,7 @@ from google.protobuf import symbol_database
 from google.protobuf.message import Message
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gss.snapshot import layout, wire
+from gss.snapshot import layout, manifest, wire
 from gss.snapshot import stored as stored_records
 from gss.snapshot.convert import (
     ENVELOPE_FIELDS,
@@ -85,7 +85,9 @@ class SignalStats:
     rejected_rows: int = 0
     min_event_time_us: int | None = None
     max_event_time_us: int | None = None
-    part_file: str | None = None
+    # The part file written (its footer's row count, size and SHA-256, taken by the process
+    # that wrote it, right after closing it).
+    part_file: manifest.PartFile | None = None
     rejects_file: str | None = None
     reject_samples: list[dict[str, str]] = field(default_factory=list)
 
@@ -307,7 +309,7 @@ class _SignalBuffer:
         if self._writer is not None:
             self._writer.close()
             layout.fsync_file(self.path)
-            self.stats.part_file = self.path.name
+            self.stats.part_file = manifest.describe_file(self.path)
         return self.stats
 
 
