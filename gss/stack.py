@@ -205,9 +205,11 @@ def run_local_stack(
 
         generator_stop = None
         if compute:
+            from compute.flink import gateway
             from compute.flink.run import ComputeJob
             from compute.generator import running_generator
 
+            stack.callback(gateway.shutdown)  # after the job is cancelled: PyFlink's JVM
             job = ComputeJob(settings, registry=server.registry).start()
             stack.callback(job.stop)
             out.write(

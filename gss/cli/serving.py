@@ -276,7 +276,10 @@ def run(
     generator, showing signals becoming readable and announced."""
     from gss.stack import run_local_stack
 
-    overrides: dict[str, Any] = {"store": {"path": str(Path(data) / "store")}}
+    overrides: dict[str, Any] = {
+        "store": {"path": str(Path(data) / "store")},
+        "compute": {"checkpoint_dir": (Path(data) / "flink-checkpoints").resolve().as_uri()},
+    }
     if port is not None:
         overrides["server"] = {"port": port}
     settings = cli.settings(**overrides)

@@ -35,7 +35,7 @@ def gss_run(data: Path, *args: str, timeout: float) -> subprocess.CompletedProce
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "GSS_SERVER__METRICS_PORT": "0"},
+        env={**os.environ, "GSS_SERVER__METRICS_PORT": "0", "GSS_COMPUTE__METRICS_PORT": "0"},
     )
 
 
