@@ -174,8 +174,12 @@ class StoreView:
         cf = self._cfs.get(galaxy)
         return int(cf.property_int_value("rocksdb.estimate-num-keys") or 0) if cf is not None else 0
 
-    def batches(self, galaxy: str, batch_rows: int) -> Iterator[ScanBatch]:
-        """Every (key, stored record) of a galaxy in key order, ``batch_rows`` at a time."""
+    def batches(
+        self, galaxy: str, batch_rows: int, batch_bytes: int = 64 << 20
+    ) -> Iterator[ScanBatch]:
+        """Every (key, stored record) of a galaxy in key order, ``batch_rows`` at a time, fewer
+        when the records are large: a batch holds about ``batch_bytes`` of records at most
+        (judged from the previous batch's records, so the scan loop does not count bytes)."""
         cf = self._cfs.get(galaxy)
         if cf is None:
             return
@@ -185,16 +189,20 @@ class StoreView:
         # items() iterates in Rust and hands out (key, value) pairs: a fifth cheaper per row
         # than calling valid/key/value/next on an iterator.
         pairs = cast(Iterator[tuple[bytes, bytes]], cf.items(read_opt=ropts))  # raw mode: bytes
+        rows = min(batch_rows, 1024)  # until the size of records is known
         while True:
             keys: list[bytes] = []
             values: list[bytes] = []
             add_key, add_value = keys.append, values.append
-            for key, value in islice(pairs, batch_rows):
+            for key, value in islice(pairs, rows):
                 add_key(key)
                 add_value(value)
             if not keys:
                 break
-            yield ScanBatch(wire.Batch.of(keys), wire.Batch.of(values))
+            batch = ScanBatch(wire.Batch.of(keys), wire.Batch.of(values))
+            mean = int(batch.values.end[-1]) // len(keys) + 1
+            rows = max(1, min(batch_rows, batch_bytes // mean))
+            yield batch
 
     def close(self) -> None:
         """Close the instance and delete the checkpoint or secondary directory."""

@@ -259,8 +259,10 @@ def gather(buf: Array, start: Array, length: Array) -> tuple[Array, Array]:
     offsets = np.zeros(len(start) + 1, np.int32)
     if not len(start):
         return np.zeros(0, np.uint8), offsets
+    total = int(length.sum())
+    if total >= 1 << 31:
+        raise ValueError(f"{total} bytes of one field in a batch: over Arrow's 2 GiB per array")
     np.cumsum(length, out=offsets[1:])
-    total = int(offsets[-1])
     width = int(length.max())
     if width == 0:
         return np.zeros(0, np.uint8), offsets

@@ -103,6 +103,18 @@ class WorkerResult:
     malformed_keys: int
 
 
+def entity_texts(codec: EntityCodec, entities: Array) -> pa.Array:
+    """The text form of entity ids given as rows of an (n, key length) uint8 matrix, as
+    EntityCodec.to_text gives it: decimal for int64 galaxies, lowercase hex for bytes ones."""
+    if codec.key_type is KeyType.INT64:
+        ids = np.ascontiguousarray(entities).view(">u8").reshape(-1).astype(np.uint64)
+        return numpy_array(ids, pa.uint64()).cast(pa.string())
+    width = 2 * codec.length
+    text = np.frombuffer(binascii.hexlify(np.ascontiguousarray(entities).data), np.uint8)
+    offsets = np.arange(0, (len(entities) + 1) * width, width, dtype=np.int32)
+    return wire.Blobs(text, offsets).arrow(pa.string())
+
+
 def resolve_message_class(value_type: str, imports: tuple[str, ...]) -> type[Message]:
     """The protobuf class of ``value_type`` after importing the registry's modules."""
     import importlib
@@ -210,7 +222,7 @@ class _SignalBuffer:
             else np.zeros(len(event), bool)
         )
         write = columns.write_us if keep is None else columns.write_us[keep]
-        entity = self.entity_text(entities if keep is None else entities[keep])
+        entity = entity_texts(self.codec, entities if keep is None else entities[keep])
         texts = [columns.producer, columns.model_name, columns.model_version]
         if keep is not None:
             indices = numpy_array(keep, pa.int64())
@@ -226,17 +238,6 @@ class _SignalBuffer:
             thrift,
         ]
         return pa.Table.from_arrays(arrays, schema=self.schema), event, reasons
-
-    def entity_text(self, entities: Array) -> pa.Array:
-        """The text form of entity ids (rows of an (n, key length) uint8 matrix), as
-        EntityCodec.to_text: decimal for int64 galaxies, lowercase hex for bytes galaxies."""
-        if self.codec.key_type is KeyType.INT64:
-            ids = np.ascontiguousarray(entities).view(">u8").reshape(-1).astype(np.uint64)
-            return numpy_array(ids, pa.uint64()).cast(pa.string())
-        width = 2 * self.codec.length
-        text = np.frombuffer(binascii.hexlify(np.ascontiguousarray(entities).data), np.uint8)
-        offsets = np.arange(0, (len(entities) + 1) * width, width, dtype=np.int32)
-        return wire.Blobs(text, offsets).arrow(pa.string())
 
     def reject(self, entity: bytes, stored: bytes, reason: str) -> None:
         """Count a value that cannot be converted and keep it, with the reason, in the rejects file."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gss.snapshot import stored, wire
 from gss.snapshot.convert import TIMESTAMP, transcoder
-from gss.snapshot.worker import _SignalBuffer
+from gss.snapshot.worker import entity_texts
 from gss.v1 import envelope_pb2, signals_pb2
 from store import records
 from store.keys import EntityCodec, KeyType
@@ -250,6 +250,4 @@ def test_entity_text_is_the_codec_text_form(key_type: KeyType, length: int, ids:
     codec = EntityCodec(key_type, length)
     raw = [i.to_bytes(length, "big") for i in ids]
     matrix = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), length)
-    buffer = _SignalBuffer.__new__(_SignalBuffer)
-    buffer.codec = codec
-    assert buffer.entity_text(matrix).to_pylist() == [codec.to_text(r) for r in raw]
+    assert entity_texts(codec, matrix).to_pylist() == [codec.to_text(r) for r in raw]
