@@ -9,12 +9,16 @@
    (checkpoint, two converters: this process and one worker process, Parquet + manifests +
    fsync + publish), timed end to end; best of two runs, like the scan.
 
-What bounds it: CPU, about 6-7 µs of CPU per row. Each row costs two protobuf parses (the
-stored cell with its envelope, then the value), a Thrift encoding and Arrow column appends in
-Python, then Parquet encoding and Snappy; the raw scan costs about 0.35 µs. Two cores give
-at most twice one core, so the ratio to a single-threaded scan stays near 10% on an idle
-two-core machine, and drops when other work takes CPU (``rows_per_cpu_s`` and
-``load_average_1m`` are reported so runs can be compared).
+What bounds it: CPU, about 2.2 µs per row in one process (it was 6-8 µs when every row was
+parsed twice by protobuf and encoded in Python). Rows are converted a batch at a time,
+column by column (gss/snapshot/wire.py, convert.py): per row, about a quarter goes to
+Parquet encoding and Snappy (mostly the 64-double embeddings, written twice), a fifth to
+decoding the stored envelopes, a sixth to the values' Thrift and Arrow columns, a sixth to
+the RocksDB scan, which the raw scan does alone at about 0.35 µs. The two processes split the
+work about evenly; worker start-up (~0.35 s of CPU) and the serial ends of the export keep the
+two cores about 80% busy over 1M rows. The ratio drops when other work takes CPU
+(``rows_per_cpu_s`` and ``load_average_1m`` are reported so runs can be compared);
+docs/export.md "Performance" has the figures.
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 The exporter scans one consistent view of the store and hands batches of (key, stored
 record) to :class:`GalaxyWriter` instances, one per worker process, each writing its own part
-file per signal. A value that cannot be converted is counted, written to the partition's
-rejects file with its reason, and never silently dropped.
+file per signal. A batch is routed to its signals with numpy and each signal's share is
+converted at once (:mod:`gss.snapshot.stored` for the records, the value type's
+:class:`~gss.snapshot.convert.Transcoder` for the values). A value that cannot be converted
+is counted, written to the partition's rejects file with its reason, and never silently
+dropped.
 """
 
 from __future__ import annotations
