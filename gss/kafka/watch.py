@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TextIO
 
 import structlog
 from confluent_kafka import (
@@ -279,56 +278,3 @@ def _response(watched: WatchedEvent) -> signal_service_pb2.WatchSignalsResponse:
             partition=watched.partition, offset=watched.offset
         ),
     )
-
-
-class EventEcho:
-    """Prints every galaxy's availability events as they arrive, one line each (``gss run``)."""
-
-    def __init__(
-        self, kafka: KafkaSettings, registry: Registry, out: TextIO, *, from_beginning: bool
-    ) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._out = out
-        self._threads = [
-            threading.Thread(
-                target=self._run,
-                args=(
-                    AvailableReader(
-                        kafka, galaxy, from_beginning=from_beginning, client_id="gss-run-echo"
-                    ),
-                ),
-                name=f"gss-echo-{galaxy.name}",
-                daemon=True,
-            )
-            for galaxy in registry
-        ]
-
-    def _run(self, reader: AvailableReader) -> None:
-        with reader:
-            while not self._stop.is_set():
-                for watched in reader.poll(0.3):
-                    event = watched.event
-                    source = event.position
-                    where = (
-                        f"{source.topic}:{source.partition}:{source.offset}"
-                        if source.topic
-                        else "direct"
-                    )
-                    with self._lock:
-                        self._out.write(
-                            f"  event {event.galaxy}/{event.entity_id} {event.signal.name}@{event.signal.version}"
-                            f" from {where} (event id {event.event_id}, value "
-                            f"{'inline' if event.HasField('value') else 'by lookup'})\n"
-                        )
-                        self._out.flush()
-
-    def __enter__(self) -> EventEcho:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(5)
