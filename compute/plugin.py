@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -148,7 +149,7 @@ class WindowSpan:
         )
 
 
-class Aggregation(Generic[E, A]):
+class Aggregation(ABC, Generic[E, A]):
     """Reduces the events of one window to an aggregate.
 
     ``extract`` runs once per event (it is the part that may fail, and is retried and
@@ -159,14 +160,14 @@ class Aggregation(Generic[E, A]):
     def extract(self, event: E) -> Any:
         return event
 
-    def zero(self) -> A:
-        raise NotImplementedError
+    @abstractmethod
+    def zero(self) -> A: ...
 
-    def add(self, aggregate: A, extracted: Any) -> A:
-        raise NotImplementedError
+    @abstractmethod
+    def add(self, aggregate: A, extracted: Any) -> A: ...
 
-    def merge(self, a: A, b: A) -> A:
-        raise NotImplementedError
+    @abstractmethod
+    def merge(self, a: A, b: A) -> A: ...
 
 
 @dataclass(frozen=True)
