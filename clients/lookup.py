@@ -167,6 +167,18 @@ def _rows(
     ]
 
 
+def _put_requests(
+    records: Iterable[envelope_pb2.SignalRecord], per_call: int, wait_readable: bool
+) -> list[signal_service_pb2.PutSignalsRequest]:
+    batch = list(records)
+    return [
+        signal_service_pb2.PutSignalsRequest(
+            records=batch[i : i + per_call], wait_readable=wait_readable
+        )
+        for i in range(0, len(batch), per_call)
+    ]
+
+
 class GssClient:
     """A blocking client. Thread-safe; reuse one per process."""
 
@@ -212,12 +224,8 @@ class GssClient:
         timeout: float | None = None,
     ) -> list[int]:
         """Write records; returns a ``WriteOutcome`` per record, in order."""
-        batch = list(records)
         outcomes: list[int] = []
-        for i in range(0, len(batch), self.max_records_per_call):
-            request = signal_service_pb2.PutSignalsRequest(
-                records=batch[i : i + self.max_records_per_call], wait_readable=wait_readable
-            )
+        for request in _put_requests(records, self.max_records_per_call, wait_readable):
             outcomes.extend(
                 self._stub.PutSignals(request, timeout=timeout or self.timeout).outcomes
             )
@@ -294,12 +302,8 @@ class AsyncGssClient:
         wait_readable: bool = False,
         timeout: float | None = None,
     ) -> list[int]:
-        batch = list(records)
         outcomes: list[int] = []
-        for i in range(0, len(batch), self.max_records_per_call):
-            request = signal_service_pb2.PutSignalsRequest(
-                records=batch[i : i + self.max_records_per_call], wait_readable=wait_readable
-            )
+        for request in _put_requests(records, self.max_records_per_call, wait_readable):
             response = await self._stub.PutSignals(request, timeout=timeout or self.timeout)
             outcomes.extend(response.outcomes)
         return outcomes
