@@ -26,7 +26,7 @@ lint: env
 typecheck: env
 	$(BIN)/mypy
 
-## proto: regenerate gss/v1 from proto/
+## proto: regenerate contract/v1 from proto/
 proto: env
 	$(PY) scripts/gen_proto.py
 

@@ -51,17 +51,17 @@ from compute.examples.images.dhash import dhash
 from compute.examples.images.dominant_colors import dominant_colors
 from compute.examples.images.near_duplicate_of import near_duplicate_of
 from compute.examples.pins.save_count_1h import save_count_1h
+from compute.execution import run_map
 from compute.flink import gateway
 from compute.flink.run import ComputeJob, ensure_topics
-from compute.generator import ContentGenerator, producer_config
-from compute.runtime import run_map
-from gss import logs
-from gss.kafka.broker import LocalBroker
-from gss.registry import DEFAULT_REGISTRY_PATH, load_registry
-from gss.settings import Settings, load_settings
-from gss.v1 import envelope_pb2
-from gss.v1.content_pb2 import PinEngagementEvent
-from gss.v1.signals_pb2 import DHash
+from contract import logs
+from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
+from contract.settings import Settings, load_settings
+from contract.v1 import envelope_pb2
+from contract.v1.content_pb2 import PinEngagementEvent
+from contract.v1.signals_pb2 import DHash
+from gss.local.broker import LocalBroker
+from gss.local.generator import ContentGenerator, producer_config
 
 TRIVIAL_TOPIC = "bench.trivial"
 WARM_UP_SECONDS = 3.0

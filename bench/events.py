@@ -32,14 +32,14 @@ from confluent_kafka import Producer
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from clients.subscriber import Subscriber
-from gss import logs
-from gss.kafka.broker import LocalBroker
+from contract import logs
+from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from contract.settings import KafkaSettings, load_settings
+from contract.topics import ensure_topics
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.kafka.changelog import changelog_key
-from gss.kafka.runtime import EventsRuntime
-from gss.kafka.topics import ensure_topics
-from gss.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
-from gss.settings import KafkaSettings, load_settings
-from gss.v1 import envelope_pb2, signals_pb2
+from gss.kafka.components import EventsRuntime
+from gss.local.broker import LocalBroker
 from gss.writes import to_writes
 from store.db import SignalStore
 

@@ -11,7 +11,7 @@
 
 What bounds it: CPU, about 2.2 µs per row in one process (it was 6-8 µs when every row was
 parsed twice by protobuf and encoded in Python). Rows are converted a batch at a time,
-column by column (gss/snapshot/wire.py, convert.py): per row, about a quarter goes to
+column by column (store/columnar.py, convert.py): per row, about a quarter goes to
 Parquet encoding and Snappy (mostly the 64-double embeddings, written twice), a fifth to
 decoding the stored envelopes, a sixth to the values' Thrift and Arrow columns, a sixth to
 the RocksDB scan, which the raw scan does alone at about 0.35 µs. The two processes split the
@@ -34,10 +34,10 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from gss.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
-from gss.settings import ExportSettings
+from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from contract.settings import ExportSettings
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.snapshot import export_snapshot
-from gss.v1 import envelope_pb2, signals_pb2
 from gss.writes import to_writes
 from store.db import SignalStore
 

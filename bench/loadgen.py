@@ -19,7 +19,7 @@ import time
 
 import grpc.aio
 
-from gss.v1 import envelope_pb2, signal_service_pb2
+from contract.v1 import envelope_pb2, signal_service_pb2
 
 METHOD = "/gss.v1.SignalService/GetSignals"
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gss.registry import load_registry
-from gss.v1 import envelope_pb2, signals_pb2
+from contract.keys import store_key
+from contract.registry import load_registry
+from contract.v1 import envelope_pb2, signals_pb2
 from store import records
 from store.db import SignalStore, Write
-from store.keys import store_key
 
 REGISTRY = Path(__file__).with_name("registry.yaml")
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from compute.triton.client import ModelClient
-from compute.triton.server import LocalTriton
-from gss.settings import TritonSettings
+from contract.settings import TritonSettings
+from gss.local.triton import LocalTriton
 
 MODEL = "image_embedding"
 BATCH_SIZES = (1, 8, 32)

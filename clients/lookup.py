@@ -27,11 +27,11 @@ import grpc.aio
 from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
 
-from gss.v1 import envelope_pb2, signal_service_pb2, signals_pb2  # noqa: F401 - registers value types
-from gss.v1.signal_service_pb2_grpc import SignalServiceStub
+from contract.v1 import envelope_pb2, signal_service_pb2, signals_pb2  # noqa: F401 - registers value types
+from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 
 if TYPE_CHECKING:
-    from gss.v1.signal_service_pb2_grpc import SignalServiceAsyncStub
+    from contract.v1.signal_service_pb2_grpc import SignalServiceAsyncStub
 
 EntityId = int | str | bytes
 _TYPE_PREFIX = "type.googleapis.com/"

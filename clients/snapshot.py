@@ -24,8 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gss.errors import InvalidArgumentError, NotFoundError
-from gss.snapshot import idl, layout
+from contract.errors import InvalidArgumentError, NotFoundError
+from contract.snapshot import idl, layout
 
 DateLike = date | str
 

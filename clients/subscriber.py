@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from clients.lookup import GssClient, SignalValue, decode_value, parse_signal_ref
-from gss.v1 import events_pb2
+from contract.v1 import events_pb2
 
 DEFAULT_TOPIC = "gss.{galaxy}.available"
 

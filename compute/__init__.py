@@ -6,7 +6,7 @@ The signal developer's whole API (see docs/compute.md)::
 
 The plumbing lives below: :mod:`compute.harness` (local runs, ``gss signal test``),
 :mod:`compute.flink` (the Flink job), :mod:`compute.triton` (models),
-:mod:`compute.generator` (synthetic content events).
+:mod:`gss.local.generator` (synthetic content events).
 """
 
 from compute.inference import Model

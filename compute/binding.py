@@ -19,10 +19,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from compute.plugin import Plugin, Shape, parse_ref
-from gss.errors import InvalidArgumentError, NotFoundError
-from gss.registry import Registry
-from gss.settings import Settings
-from store.keys import EntityCodec, KeyType
+from contract.errors import InvalidArgumentError, NotFoundError
+from contract.keys import EntityCodec, KeyType
+from contract.registry import Registry
+from contract.settings import Settings
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT64,

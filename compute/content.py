@@ -11,8 +11,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from gss.errors import InvalidArgumentError
-from gss.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from contract.errors import InvalidArgumentError
+from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
 
 Image = npt.NDArray[np.uint8]
 

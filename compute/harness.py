@@ -5,7 +5,7 @@
     harness.latest("images", image_id, "dhash@1")   # -> the DHash value written
     harness.close()                                 # end of input: closes open windows
 
-It applies the same rules as the Flink job (the shared :mod:`compute.runtime`): decoding,
+It applies the same rules as the Flink job (the shared :mod:`compute.execution`): decoding,
 retries and dead letters, the records written, event-time windows with watermarks and
 allowed lateness, joins fed by the values other plugins write. Differences: the watermark
 moves after every event (Flink emits it periodically, so an event Flink still counts on
@@ -27,15 +27,15 @@ from typing import Any
 from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
-from compute import runtime
+from compute import execution
 from compute.binding import Bound, bind
+from compute.execution import SinkRow
 from compute.inference import Submitter
 from compute.plugin import Inputs, Plugin, Shape
-from compute.runtime import SinkRow
-from gss.errors import InvalidArgumentError
-from gss.registry import Registry, load_registry
-from gss.settings import Settings, load_settings
-from gss.v1 import compute_pb2, envelope_pb2
+from contract.errors import InvalidArgumentError
+from contract.registry import Registry, load_registry
+from contract.settings import Settings, load_settings
+from contract.v1 import compute_pb2, envelope_pb2
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class LocalHarness:
         self._windows: dict[int, dict[tuple[bytes, int], _Window]] = defaultdict(dict)
         self._join_state: dict[tuple[int, bytes], dict[str, tuple[bytes, int, float]]] = {}
         self._buckets: dict[tuple[int, Any], dict[bytes, tuple[Inputs, float]]] = defaultdict(dict)
-        self._gathered: dict[tuple[int, bytes], runtime.Gathered] = {}
+        self._gathered: dict[tuple[int, bytes], execution.Gathered] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- input ---------------------------------------------------------------------------
@@ -169,14 +169,14 @@ class LocalHarness:
                 spec.version,
             ):
                 continue
-            order = (runtime.ms_of(r.envelope.event_time), position)
+            order = (execution.ms_of(r.envelope.event_time), position)
             if best is None or order > best:
                 best, value = order, r
         return spec.unpack(value.value) if value is not None else None
 
     # -- internals -----------------------------------------------------------------------
 
-    def _tally(self, bound: Bound) -> runtime.Tally:
+    def _tally(self, bound: Bound) -> execution.Tally:
         def tally(name: str, amount: int) -> None:
             self.metrics[(bound.ref, name)] += amount
 
@@ -201,7 +201,7 @@ class LocalHarness:
         tally = self._tally(bound)
         plugin = bound.plugin
         if plugin.shape is Shape.MAP and plugin.model is None:
-            return runtime.run_map(bound, payload, tally)
+            return execution.run_map(bound, payload, tally)
         if plugin.shape is Shape.MAP:
             if self.models is None:
                 raise InvalidArgumentError(
@@ -211,13 +211,13 @@ class LocalHarness:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
             return self._loop.run_until_complete(
-                runtime.run_model(bound, payload, self.models, tally)
+                execution.run_model(bound, payload, self.models, tally)
             )
         return self._group(bound, payload, tally)
 
-    def _group(self, bound: Bound, payload: bytes, tally: runtime.Tally) -> list[SinkRow]:
+    def _group(self, bound: Bound, payload: bytes, tally: execution.Tally) -> list[SinkRow]:
         index = self.bounds.index(bound)
-        event, extracted, rows = runtime.extract(bound, payload, tally)
+        event, extracted, rows = execution.extract(bound, payload, tally)
         if event is None:
             return rows
         group_by = bound.plugin.group_by
@@ -229,10 +229,10 @@ class LocalHarness:
         watermark = self._watermark(index, bound)
         if extracted is not None and not rows:
             windows = self._windows[index]
-            starts = runtime.window_starts(group_by.window, event.event_ms)
+            starts = execution.window_starts(group_by.window, event.event_ms)
             live = [s for s in starts if s + size - 1 + lateness > watermark]
             if not live:
-                rows.append(runtime.too_late(bound, event, payload, tally))
+                rows.append(execution.too_late(bound, event, payload, tally))
             for start in live:
                 window = windows.get((event.entity, start))
                 if window is None:
@@ -240,7 +240,7 @@ class LocalHarness:
                 window.aggregate = group_by.aggregate.add(window.aggregate, extracted)
                 if window.fired:  # a late event within allowed lateness: fire again
                     rows.extend(
-                        runtime.window_result(
+                        execution.window_result(
                             bound, event.entity, window.aggregate, start, start + size, tally
                         )
                     )
@@ -267,7 +267,7 @@ class LocalHarness:
             if not window.fired and start + size - 1 <= watermark:
                 window.fired = True
                 rows.extend(
-                    runtime.window_result(
+                    execution.window_result(
                         bound, entity, window.aggregate, start, start + size, self._tally(bound)
                     )
                 )
@@ -277,23 +277,23 @@ class LocalHarness:
 
     def _feed_joins(self, payload: bytes) -> list[SinkRow]:
         rows: list[SinkRow] = []
-        for index, update in runtime.join_updates(self._joins, payload):
+        for index, update in execution.join_updates(self._joins, payload):
             bound = self._joins[index]
             tally = self._tally(bound)
-            tally(runtime.INPUTS, 1)
+            tally(execution.INPUTS, 1)
             now = self.clock()
             state = self._join_state.setdefault((index, update.entity), {})
-            if not runtime.hold_input(bound, state, update, now):
+            if not execution.hold_input(bound, state, update, now):
                 continue  # an older value of this input: the newer one stays
-            inputs = runtime.join_inputs(
+            inputs = execution.join_inputs(
                 bound, update.entity, {k: (v, ms) for k, (v, ms, _) in state.items()}
             )
             if inputs is None:
                 continue
             if bound.plugin.shape is Shape.JOIN:
-                rows.extend(runtime.run_join(bound, update.entity, inputs, tally))
+                rows.extend(execution.run_join(bound, update.entity, inputs, tally))
                 continue
-            keys, dead = runtime.match_keys(bound, update.entity, inputs, tally)
+            keys, dead = execution.match_keys(bound, update.entity, inputs, tally)
             rows.extend(dead)
             if not keys:
                 continue
@@ -301,23 +301,23 @@ class LocalHarness:
             late: dict[bytes, Inputs] = {}
             for key in keys:
                 bucket = self._buckets[(index, key)]
-                for entity, peer in runtime.bucket_members(
+                for entity, peer in execution.bucket_members(
                     bound, bucket, update.entity, inputs, now
                 ):
                     peers[peer.entity_id] = peer
                     if peer.event_time > inputs.event_time:
                         late[entity] = peer
-            gathered = self._gathered.setdefault((index, update.entity), runtime.Gathered())
+            gathered = self._gathered.setdefault((index, update.entity), execution.Gathered())
             # All keys report at once here; Flink gathers one report per key.
             rows.extend(
-                runtime.gather_report(
+                execution.gather_report(
                     bound, update.entity, gathered, "", 1, inputs, list(peers.values()), tally
                 )
             )
             for entity in late:
                 other = self._gathered.get((index, entity))
                 if other is not None:
-                    rows.extend(runtime.late_peer(bound, entity, other, inputs, tally))
+                    rows.extend(execution.late_peer(bound, entity, other, inputs, tally))
         return rows
 
 

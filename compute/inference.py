@@ -68,7 +68,7 @@ class Model:
 def connect(url: str | None) -> Submitter:
     """The process-wide batched Triton client for ``url`` (GSS_TRITON__URL by default)."""
     from compute.triton.client import ModelClient
-    from gss.settings import load_settings
+    from contract.settings import load_settings
 
     triton = load_settings().triton
     return ModelClient.from_settings(triton, url)

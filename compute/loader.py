@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from compute.plugin import Plugin
-from gss.errors import InvalidArgumentError
+from contract.errors import InvalidArgumentError
 
 
 def load_plugins(targets: Sequence[str | Path]) -> list[Plugin]:

@@ -3,8 +3,8 @@
 A plugin maps its input to one value of a registered signal (or ``None``: no value)::
 
     from compute import Source, signal
-    from gss.v1.content_pb2 import ImageEvent
-    from gss.v1.signals_pb2 import DHash
+    from contract.v1.content_pb2 import ImageEvent
+    from contract.v1.signals_pb2 import DHash
 
     @signal(galaxy="images", name="dhash", version=1,
             source=Source(topic="content.images", schema=ImageEvent, entity="image_signature"))
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from gss.errors import InvalidArgumentError
-from store.keys import SIGNAL_NAME
+from contract.errors import InvalidArgumentError
+from contract.keys import SIGNAL_NAME
 
 if TYPE_CHECKING:
     from compute.inference import Model

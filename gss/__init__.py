@@ -2,7 +2,7 @@
 
 The server, changelog ingester, outbox publisher, snapshot exporter, settings and CLI live
 here; the store is in ``store``, the plugin framework in ``compute``, the clients in
-``clients``. Wire types are generated into ``gss.v1`` from proto/.
+``clients``. Wire types are generated into ``contract.v1`` from proto/.
 """
 
 __version__ = "0.1.0"

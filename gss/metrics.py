@@ -15,9 +15,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import gss
+from contract.keys import split_store_key
 from store import records
 from store.db import Write
-from store.keys import split_store_key
 
 LATENCY_BUCKETS = (
     0.0005,

@@ -17,11 +17,11 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
-from gss import lookup, metrics
-from gss.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
-from gss.registry import GalaxySpec, Registry
-from gss.settings import ServerSettings
-from gss.v1 import envelope_pb2, signal_service_pb2
+from contract.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
+from contract.registry import GalaxySpec, Registry
+from contract.settings import ServerSettings
+from contract.v1 import envelope_pb2, signal_service_pb2
+from gss import metrics, reads
 from gss.writes import to_writes
 from store.db import SignalStore
 
@@ -154,7 +154,7 @@ class SignalService:
                 specs.append(galaxy.signal(ref.name, ref.version))
             except NotFoundError as exc:
                 raise NotFoundError(f"signals[{j}]: {exc}") from None
-        body, counts = lookup.lookup(self.store, galaxy, request.entity_ids, specs)
+        body, counts = reads.lookup(self.store, galaxy, request.entity_ids, specs)
         metrics.LOOKUP_CELLS.labels(galaxy.name, "found").inc(counts.found)
         if counts.not_found:
             metrics.LOOKUP_CELLS.labels(galaxy.name, "not_found").inc(counts.not_found)
@@ -248,7 +248,7 @@ class SignalService:
             await context.abort(code, error)
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """gRPC handlers; GetSignals returns pre-serialized bytes (see gss.lookup)."""
+        """gRPC handlers; GetSignals returns pre-serialized bytes (see gss.reads)."""
         pb = signal_service_pb2
         return {
             "GetSignals": grpc.unary_unary_rpc_method_handler(

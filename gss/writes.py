@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
 
-from gss.errors import InvalidArgumentError, NotFoundError
-from gss.registry import GalaxySpec, Registry, SignalSpec
-from gss.v1 import envelope_pb2
+from contract.errors import InvalidArgumentError, NotFoundError
+from contract.registry import GalaxySpec, Registry, SignalSpec
+from contract.v1 import envelope_pb2
 from store import records
 from store.db import Write
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2
 
-from gss.v1 import envelope_pb2, signal_service_pb2
+from contract.v1 import envelope_pb2, signal_service_pb2
 
 FORMAT_V1 = 1
 HEADER = struct.Struct(">Bqq")

@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from compute import GroupBy, Inputs, Join, Plugin, Retry, Sliding, Source, Sum, WindowSpan, signal
-from gss.v1.content_pb2 import PinEngagementEvent
-from gss.v1.signals_pb2 import DHash, DominantColors
+from contract.v1.content_pb2 import PinEngagementEvent
+from contract.v1.signals_pb2 import DHash, DominantColors
 
 
 def source(topic: str) -> Source[PinEngagementEvent]:

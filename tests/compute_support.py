@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from google.protobuf.message import Message
 
+from compute.execution import ms_of
 from compute.harness import LocalHarness
-from compute.runtime import ms_of
-from gss.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
-from gss.settings import Settings
-from gss.v1 import compute_pb2, envelope_pb2
+from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from contract.settings import Settings
+from contract.v1 import compute_pb2, envelope_pb2
 
 WAIT_SECONDS = 60.0
 
@@ -216,7 +216,7 @@ class FlinkRunner(Runner):
         from confluent_kafka import Producer
 
         from clients.lookup import GssClient
-        from compute.generator import producer_config
+        from gss.local.generator import producer_config
 
         self.settings = settings
         self.registry = registry

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from gss.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from contract.settings import Settings, load_settings
 from gss.server import GssServer, start_server
-from gss.settings import Settings, load_settings
 from store.db import SignalStore
 
 
 @pytest.fixture(scope="session")
 def registry() -> Registry:
-    """The example registry shipped in gss/registry.yaml."""
+    """The example registry shipped in contract/registry.yaml."""
     return load_registry(DEFAULT_REGISTRY_PATH)
 
 

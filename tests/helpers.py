@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from clients.lookup import make_record
-from gss.v1 import envelope_pb2, signals_pb2
+from contract.v1 import envelope_pb2, signals_pb2
 
 BASE_TIME = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.v1 import envelope_pb2
 from gss.kafka.changelog import changelog_key
 from gss.kafka.watch import AvailableReader, WatchedEvent
-from gss.registry import Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2
 
 _names = itertools.count()
 

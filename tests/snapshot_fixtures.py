@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from google.protobuf.message import Message
 
 from clients.lookup import make_record
-from gss.registry import Registry
-from gss.settings import ExportSettings
-from gss.v1 import envelope_pb2, signals_pb2
+from contract.registry import Registry
+from contract.settings import ExportSettings
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.writes import to_writes
 from store.db import SignalStore
 
@@ -107,7 +107,7 @@ def export_settings(root: Path, **overrides: Any) -> ExportSettings:
 
 def store_content(store: SignalStore, registry: Registry) -> dict[tuple[str, str, str], bytes]:
     """(galaxy, entity text, signal@version) -> stored record, read straight from the store."""
-    from store.keys import split_store_key
+    from contract.keys import split_store_key
 
     found = {}
     for galaxy in registry:

@@ -6,8 +6,8 @@ PythonDriver (deploy/flink/) use; set GSS_COMPUTE__MODE=application there.
 """
 
 from compute.flink.run import execute
-from gss import logs
-from gss.settings import load_settings
+from contract import logs
+from contract.settings import load_settings
 
 settings = load_settings()
 logs.configure(settings.log_level, settings.log_format)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="directory for the jars")
     args = parser.parse_args(argv)
     if args.dir is None:
-        from gss.settings import load_settings
+        from contract.settings import load_settings
 
         args.dir = load_settings().compute.jars_dir
     for path in ensure_jars(args.dir):

@@ -42,8 +42,8 @@ from compute.flink import gateway
 from compute.flink import operators as ops
 from compute.flink.jars import ensure_jars
 from compute.plugin import Shape, Sliding
-from gss.errors import InvalidArgumentError
-from gss.settings import Settings
+from contract.errors import InvalidArgumentError
+from contract.settings import Settings
 
 # Python operators hand their output to Flink at the end of a bundle, and each bundle's end
 # costs a round trip between the JVM and the Python worker. 50 ms (PyFlink's default is

@@ -1,4 +1,4 @@
-"""The Python functions the Flink job runs: thin shells around :mod:`compute.runtime`.
+"""The Python functions the Flink job runs: thin shells around :mod:`compute.execution`.
 
 Each function holds the :class:`~compute.binding.Bound` plugins it serves (pickled into the
 job) and turns elements into *sink rows* ``Row(topic, key, value)`` for the one KafkaSink,
@@ -30,10 +30,10 @@ from pyflink.datastream.functions import AsyncFunction, KeySelector, MapFunction
 from pyflink.datastream.output_tag import OutputTag
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
-from compute import runtime
+from compute import execution
 from compute.binding import Bound
+from compute.execution import SinkRow
 from compute.plugin import Inputs, Shape
-from compute.runtime import SinkRow
 
 
 def sink_row_type() -> Any:
@@ -97,7 +97,7 @@ class Tallies:
         self._group = context.get_metrics_group().add_group("gss")
         self._counters: dict[tuple[str, str], Any] = {}
 
-    def of(self, bound: Bound) -> runtime.Tally:
+    def of(self, bound: Bound) -> execution.Tally:
         def tally(name: str, amount: int) -> None:
             counter = self._counters.get((bound.ref, name))
             if counter is None:
@@ -119,8 +119,8 @@ class EntityOf(KeySelector):  # type: ignore[misc]
 
     def get_key(self, value: bytes) -> bytes:
         try:
-            return runtime.decode_event(self.bound, value).entity
-        except runtime.BadInput:
+            return execution.decode_event(self.bound, value).entity
+        except execution.BadInput:
             return b""
 
 
@@ -136,7 +136,7 @@ class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
         payload = bytes(value)
         for bound in self.bounds:
-            for row in runtime.run_map(bound, payload, self.tallies.of(bound)):
+            for row in execution.run_map(bound, payload, self.tallies.of(bound)):
                 yield sink_row(row)
 
 
@@ -159,18 +159,18 @@ class RunModel(AsyncFunction):  # type: ignore[misc]
             client.close()
 
     async def async_invoke(self, value: bytes) -> list[Row]:
-        rows = await runtime.run_model(
+        rows = await execution.run_model(
             self.bound, bytes(value), self.client, self.tallies.of(self.bound)
         )
         return [sink_row(row) for row in rows]
 
     def timeout(self, value: bytes) -> list[Row]:
         tally = self.tallies.of(self.bound)
-        tally(runtime.DEAD_LETTERS, 1)
+        tally(execution.DEAD_LETTERS, 1)
         error = TimeoutError(f"{self.bound.ref}: no answer within the model timeout")
-        row = runtime.dead_letter(
+        row = execution.dead_letter(
             self.bound,
-            runtime.Reason.PLUGIN_ERROR,
+            execution.Reason.PLUGIN_ERROR,
             entity=None,
             payload=bytes(value),
             event_ms=None,
@@ -204,7 +204,7 @@ class Extract(ProcessFunction):  # type: ignore[misc]
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload = bytes(value)
-        event, extracted, rows = runtime.extract(self.bound, payload, self.tallies.of(self.bound))
+        event, extracted, rows = execution.extract(self.bound, payload, self.tallies.of(self.bound))
         for row in rows:
             yield SINK_TAG, sink_row(row)
         if event is not None and not rows:
@@ -249,7 +249,7 @@ class WindowValue(ProcessWindowFunction):  # type: ignore[misc]
     ) -> Iterator[Row]:
         window = context.window()
         for aggregate in elements:
-            rows = runtime.window_result(
+            rows = execution.window_result(
                 self.bound,
                 bytes(key),
                 aggregate,
@@ -269,9 +269,9 @@ class LateEvent(MapFunction):  # type: ignore[misc]
         self.tallies = Tallies(runtime_context)
 
     def map(self, value: Item) -> Row:
-        event = runtime.Event(value.entity, value.event_ms, None)  # type: ignore[arg-type]
+        event = execution.Event(value.entity, value.event_ms, None)  # type: ignore[arg-type]
         return sink_row(
-            runtime.too_late(self.bound, event, value.payload, self.tallies.of(self.bound))
+            execution.too_late(self.bound, event, value.payload, self.tallies.of(self.bound))
         )
 
 
@@ -285,7 +285,7 @@ class JoinUpdates(ProcessFunction):  # type: ignore[misc]
         self.bounds = bounds
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        yield from runtime.join_updates(self.bounds, bytes(value))
+        yield from execution.join_updates(self.bounds, bytes(value))
 
 
 def _ttl(bound: Bound) -> StateTtlConfig:
@@ -314,7 +314,7 @@ class MatchItem:
 def _value_state(context: RuntimeContext, name: str, bound: Bound) -> Any:
     # One value per key (a small dict), read and written once per element: PyFlink reaches
     # keyed state through the Beam state API, and a MapState costs a round trip per call.
-    # Entries expire by the join's TTL in runtime.expire (as in the harness); the state TTL
+    # Entries expire by the join's TTL in execution.expire (as in the harness); the state TTL
     # drops keys that go quiet altogether.
     descriptor = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
     descriptor.enable_time_to_live(_ttl(bound))
@@ -342,22 +342,22 @@ class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
         index, update = value
         bound = self.bounds[index]
         tally = self.tallies.of(bound)
-        tally(runtime.INPUTS, 1)
+        tally(execution.INPUTS, 1)
         state = self.states[index]
         held: dict[str, tuple[bytes, int, float]] = state.value() or {}
-        if not runtime.hold_input(bound, held, update, time.time()):
+        if not execution.hold_input(bound, held, update, time.time()):
             state.update(held)
             return  # an older value of this input: the newer one stays
         state.update(held)
         current = {key: (v, ms) for key, (v, ms, _) in held.items()}
-        inputs = runtime.join_inputs(bound, update.entity, current)
+        inputs = execution.join_inputs(bound, update.entity, current)
         if inputs is None:
             return
         if bound.plugin.shape is Shape.JOIN:
-            for row in runtime.run_join(bound, update.entity, inputs, tally):
+            for row in execution.run_join(bound, update.entity, inputs, tally):
                 yield sink_row(row)
             return
-        keys, dead = runtime.match_keys(bound, update.entity, inputs, tally)
+        keys, dead = execution.match_keys(bound, update.entity, inputs, tally)
         for row in dead:
             yield sink_row(row)
         # Identifies this version of the inputs, so the gather step never mixes two versions.
@@ -406,7 +406,7 @@ class MatchBucket(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(self, value: MatchItem, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         state = self.states[value.index]
         bucket: dict[bytes, tuple[Inputs, float]] = state.value() or {}
-        members = runtime.bucket_members(
+        members = execution.bucket_members(
             self.bounds[value.index], bucket, value.entity, value.inputs, time.time()
         )
         state.update(bucket)
@@ -441,14 +441,14 @@ class MatchGather(KeyedProcessFunction):  # type: ignore[misc]
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
         state = self.states[value.index]
-        gathered: runtime.Gathered = state.value() or runtime.Gathered()
+        gathered: execution.Gathered = state.value() or execution.Gathered()
         bound = self.bounds[value.index]
         if isinstance(value, LatePeer):
-            rows = runtime.late_peer(
+            rows = execution.late_peer(
                 bound, value.entity, gathered, value.peer, self.tallies.of(bound)
             )
         else:
-            rows = runtime.gather_report(
+            rows = execution.gather_report(
                 bound,
                 value.entity,
                 gathered,

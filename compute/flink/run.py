@@ -23,9 +23,9 @@ import structlog
 from compute.binding import Bound, bind
 from compute.loader import load_plugins
 from compute.plugin import Plugin
-from gss.errors import InvalidArgumentError, UnavailableError
-from gss.registry import Registry, load_registry
-from gss.settings import Settings
+from contract.errors import InvalidArgumentError, UnavailableError
+from contract.registry import Registry, load_registry
+from contract.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ def ensure_topics(
 ) -> None:
     """Create the topics the job reads and writes, if missing.
 
-    The galaxies' own topics through :func:`gss.kafka.topics.ensure_topics`; content topics
+    The galaxies' own topics through :func:`contract.topics.ensure_topics`; content topics
     and the compute dead-letter topics here, with the galaxy's partition count. The sources
     only see topics that exist when they look (then every 10 s), so the job creates them
     before it starts. Nothing is created when ``kafka.create_topics`` is off.
@@ -72,8 +72,8 @@ def ensure_topics(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    from gss.kafka.config import admin_config
-    from gss.kafka.topics import ensure_topics as ensure_galaxy_topics
+    from contract.kafka import admin_config
+    from contract.topics import ensure_topics as ensure_galaxy_topics
 
     registry = registry or load_registry(settings.registry_path)
     kafka = settings.kafka

@@ -24,7 +24,7 @@ model's metadata before it is queued (:class:`ModelInputError`, never retried).
 
 Failures, for the plugin's retry and dead-letter policy:
 
-- :class:`ModelUnavailableError` (a ``gss.errors.UnavailableError``): Triton unreachable,
+- :class:`ModelUnavailableError` (a ``contract.errors.UnavailableError``): Triton unreachable,
   overloaded or the call's deadline spent, after ``max_attempts`` tries with exponential
   backoff. Transient: the record can be retried later.
 - :class:`ModelInputError` (``InvalidArgumentError``): the item can never succeed as sent.
@@ -61,8 +61,8 @@ from compute.triton.transport import (
     numpy_dtype,
     triton_dtype,
 )
-from gss.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
-from gss.settings import TritonSettings
+from contract.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
+from contract.settings import TritonSettings
 
 log = structlog.get_logger(__name__)
 
@@ -277,7 +277,7 @@ class ModelClient:
         if not target:
             raise InvalidArgumentError(
                 "no Triton endpoint: set GSS_TRITON__URL or start one with "
-                "compute.triton.server.triton_url(settings)"
+                "gss.local.triton.triton_url(settings)"
             )
         return cls(
             target,

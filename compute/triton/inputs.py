@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from gss.errors import InvalidArgumentError
+from contract.errors import InvalidArgumentError
 
 IMAGE_SIZE = 32
 CHANNELS = 3

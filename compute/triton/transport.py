@@ -36,7 +36,7 @@ from tritonclient.utils import (
     triton_to_np_dtype,
 )
 
-from gss.errors import GssError, InvalidArgumentError
+from contract.errors import GssError, InvalidArgumentError
 
 Tensor = npt.NDArray[Any]
 T = TypeVar("T")

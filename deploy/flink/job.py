@@ -5,8 +5,8 @@ FlinkDeployment sets them. Same as ``python -m compute.flink``.
 """
 
 from compute.flink.run import execute
-from gss import logs
-from gss.settings import load_settings
+from contract import logs
+from contract.settings import load_settings
 
 if __name__ == "__main__":
     settings = load_settings()

@@ -50,7 +50,7 @@ def signal_test(
     the values they would write (one JSON object a line); dead letters too. Counts go to stderr."""
     from compute.harness import LocalHarness, output_json, read_events
     from compute.loader import load_plugins
-    from gss.errors import GssError
+    from contract.errors import GssError
 
     settings = cli.settings()
     try:
@@ -105,7 +105,7 @@ def compute_run(
     """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says otherwise)."""
     from compute.flink import gateway
     from compute.flink.run import ComputeJob
-    from gss.errors import GssError
+    from contract.errors import GssError
 
     overrides = {"compute": {"plugins": list(targets)}} if targets else {}
     settings = cli.settings(**overrides)
@@ -166,7 +166,7 @@ def compute_generate(
 ) -> None:
     """Produce synthetic content events (small images, pin engagement) to content.images and
     content.pins, or write them as JSON lines for `gss signal test`."""
-    from compute.generator import ContentGenerator, produce, write_jsonl
+    from gss.local.generator import ContentGenerator, produce, write_jsonl
 
     if jsonl is not None:
         with click.open_file(jsonl, "w") as out:
@@ -205,7 +205,7 @@ def compute_generate(
 def compute_plugins(cli: CliContext, targets: tuple[str, ...]) -> None:
     """List the plugins the job would run, checked against the registry."""
     from compute.flink.run import bound_plugins
-    from gss.errors import GssError
+    from contract.errors import GssError
 
     overrides = {"compute": {"plugins": list(targets)}} if targets else {}
     settings = cli.settings(**overrides)

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from gss import logs
-from gss.registry import Registry, load_registry
-from gss.settings import Settings, load_settings
+from contract import logs
+from contract.registry import Registry, load_registry
+from contract.settings import Settings, load_settings
 
 
 @dataclass

@@ -12,8 +12,8 @@ import click
 import grpc
 from google.protobuf import json_format
 
+from contract.v1 import envelope_pb2, events_pb2, signal_service_pb2
 from gss.cli.context import CliContext, pass_cli, stop_on_signals
-from gss.v1 import envelope_pb2, events_pb2, signal_service_pb2
 
 
 @click.command()
@@ -26,8 +26,8 @@ def broker(cli: CliContext, port: int, no_topics: bool) -> None:
     For development: everything it holds is lost when it stops. Prints the bootstrap address
     to export as GSS_KAFKA__BOOTSTRAP_SERVERS for `gss serve`, `gss ingest` and `gss watch`.
     """
-    from gss.kafka.broker import LocalBroker
-    from gss.kafka.topics import ensure_topics
+    from contract.topics import ensure_topics
+    from gss.local.broker import LocalBroker
 
     registry = cli.registry()
     stop = stop_on_signals()
@@ -54,8 +54,8 @@ def ingest(cli: CliContext, data: str | None) -> None:
 
     Resumes from the offsets stored in the store; use it to rebuild a store by replay.
     """
-    from gss.errors import GssError
-    from gss.kafka.runtime import EventsRuntime
+    from contract.errors import GssError
+    from gss.kafka.components import EventsRuntime
     from gss.server import open_store
 
     settings = cli.settings(store={"path": data} if data else {})
@@ -141,7 +141,7 @@ def watch(
         request = signal_service_pb2.WatchSignalsRequest(
             galaxy=galaxy, signals=refs, from_beginning=from_beginning
         )
-        from gss.v1.signal_service_pb2_grpc import SignalServiceStub
+        from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 
         with grpc.insecure_channel(target) as channel:
             call = SignalServiceStub(channel).WatchSignals(request)
@@ -167,7 +167,7 @@ def watch(
                     raise click.ClickException(f"{exc.code().name}: {exc.details()}") from exc
         return
 
-    from gss.errors import GssError
+    from contract.errors import GssError
     from gss.kafka.watch import AvailableReader
 
     settings = cli.settings()

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
+from contract.errors import GssError
 from gss.cli.context import CliContext, pass_cli
-from gss.errors import GssError
 
 
 def _date(value: str | None) -> date | None:
     if value is None:
         return None
-    from gss.snapshot.layout import parse_date
+    from contract.snapshot.layout import parse_date
 
     try:
         return parse_date(value)
@@ -182,7 +182,7 @@ def verify(
     root: str | None,
 ) -> None:
     """Check dt partitions against their manifests (_SUCCESS, footers, row counts, checksums)."""
-    from gss.snapshot import layout
+    from contract.snapshot import layout
     from gss.snapshot.manifest import verify_partition
 
     dt = _date(date_text)

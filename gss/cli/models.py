@@ -23,7 +23,7 @@ def models() -> None:
 @pass_cli
 def list_models(cli: CliContext) -> None:
     """The models in the repository (settings: triton.model_repository)."""
-    from compute.triton.server import TritonStartError, find_models
+    from gss.local.triton import TritonStartError, find_models
 
     repository = cli.settings().triton.model_repository
     try:
@@ -45,7 +45,7 @@ def list_models(cli: CliContext) -> None:
 @pass_cli
 def serve(cli: CliContext, duration: float | None, config_name: str | None) -> None:
     """Start the local Triton server (nvidia-pytriton) over the repository and wait."""
-    from compute.triton.server import LocalTriton, TritonStartError
+    from gss.local.triton import LocalTriton, TritonStartError
 
     settings = cli.settings().triton
     server = LocalTriton(
@@ -88,7 +88,7 @@ def _sample_input(shape: tuple[int, ...], datatype: str) -> Any:
 def check(cli: CliContext, url: str | None, as_json: bool) -> None:
     """Call every repository model once on a Triton endpoint; exit 1 if any call fails."""
     from compute.triton.client import ModelClient, ModelError
-    from compute.triton.server import TritonStartError, find_models, triton_url
+    from gss.local.triton import TritonStartError, find_models, triton_url
 
     settings = cli.settings().triton
     if url:

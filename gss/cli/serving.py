@@ -15,8 +15,8 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 from clients.lookup import EntityResult, GssClient, make_record
+from contract.v1 import envelope_pb2, signal_service_pb2
 from gss.cli.context import CliContext, duration_option, pass_cli
-from gss.v1 import envelope_pb2, signal_service_pb2
 
 OUTCOMES: dict[int, str] = {
     signal_service_pb2.WRITE_OUTCOME_APPLIED: "applied",
@@ -274,7 +274,7 @@ def run(
 ) -> None:
     """Run the main job on embedded defaults: broker, Triton, GSS, the Flink job and a content
     generator, showing signals becoming readable and announced."""
-    from gss.stack import run_local_stack
+    from gss.local.stack import run_local_stack
 
     overrides: dict[str, Any] = {
         "store": {"path": str(Path(data) / "store")},

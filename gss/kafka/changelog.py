@@ -1,7 +1,7 @@
 """Writing signal records to a galaxy's changelog topic.
 
 A changelog record is a serialized ``gss.v1.SignalRecord``; its Kafka key is the entity's
-canonical bytes (:mod:`store.keys`), and producers partition keys with murmur2 like Java clients
+canonical bytes (:mod:`contract.keys`), and producers partition keys with murmur2 like Java clients
 (Flink's KafkaSink), so an entity's records share one partition whoever wrote them.
 
 :class:`ChangelogWriter` is PutSignals' path when a broker is configured: validate the whole
@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from gss.errors import UnavailableError
-from gss.kafka.config import producer_config
+from contract.errors import UnavailableError
+from contract.kafka import producer_config
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.topics import TopicKind, position_of, topic_name
+from contract.v1 import envelope_pb2, signal_service_pb2
 from gss.kafka.ingester import Ingester
 from gss.kafka.outbox import RECORD_CONTENT_TYPE
-from gss.kafka.topics import TopicKind, position_of, topic_name
-from gss.registry import Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2, signal_service_pb2
 from gss.writes import to_writes
 from store import records as stored_records
 from store.db import SignalStore

@@ -33,9 +33,20 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 
-from gss.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from contract.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from contract.kafka import admin_config, consume_available, consumer_config
+from contract.registry import GalaxySpec, Registry
+from contract.settings import KafkaSettings
+from contract.topics import (
+    TopicKind,
+    ensure_topics,
+    header_items,
+    position_of,
+    topic_ids,
+    topic_name,
+)
+from contract.v1 import envelope_pb2
 from gss.kafka import metrics
-from gss.kafka.config import admin_config, consume_available, consumer_config
 from gss.kafka.meta import (
     EntryKind,
     OutboxEntry,
@@ -46,17 +57,6 @@ from gss.kafka.meta import (
     topic_id_key,
 )
 from gss.kafka.outbox import RECORD_CONTENT_TYPE, Outbox
-from gss.kafka.topics import (
-    TopicKind,
-    ensure_topics,
-    header_items,
-    position_of,
-    topic_ids,
-    topic_name,
-)
-from gss.registry import GalaxySpec, Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2
 from gss.writes import now_us, to_write
 from store.db import SignalStore, Write
 

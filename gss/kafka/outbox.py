@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import structlog
 
+from contract.keys import split_store_key
+from contract.registry import GalaxySpec, Registry
+from contract.settings import KafkaSettings
+from contract.v1 import envelope_pb2, events_pb2
 from gss.kafka import metrics
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_key, outbox_sequence
-from gss.registry import GalaxySpec, Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2, events_pb2
 from store.db import AppliedBatch, SignalStore, Write
-from store.keys import split_store_key
 from store.records import StoredRecord
 
 log = structlog.get_logger(__name__)

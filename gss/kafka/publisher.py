@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
-from gss.errors import UnavailableError
+from contract.errors import UnavailableError
+from contract.kafka import producer_config
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.topics import TopicKind, ensure_topics, topic_name
 from gss.kafka import metrics
-from gss.kafka.config import producer_config
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_sequence
 from gss.kafka.outbox import Outbox
-from gss.kafka.topics import TopicKind, ensure_topics, topic_name
-from gss.registry import Registry
-from gss.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 

@@ -29,11 +29,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 
-from gss.kafka.config import admin_config, consume_available, consumer_config
-from gss.kafka.topics import TopicKind, header_items, position_of, topic_ids, topic_name
-from gss.registry import GalaxySpec, Registry
-from gss.settings import KafkaSettings
-from gss.v1 import events_pb2, signal_service_pb2
+from contract.kafka import admin_config, consume_available, consumer_config
+from contract.registry import GalaxySpec, Registry
+from contract.settings import KafkaSettings
+from contract.topics import TopicKind, header_items, position_of, topic_ids, topic_name
+from contract.v1 import events_pb2, signal_service_pb2
 
 log = structlog.get_logger(__name__)
 

@@ -3,7 +3,7 @@
 One :class:`Transcoder` per value type, built once from the protobuf descriptor and the
 thriftpy2 struct spec (and refusing to build when the two are not twins, see
 :func:`twin_problems`). It converts a whole batch of serialized values at once
-(:meth:`Transcoder.convert`): the values are decoded into columns by :mod:`gss.snapshot.wire`,
+(:meth:`Transcoder.convert`): the values are decoded into columns by :mod:`store.columnar`,
 and from those columns, with numpy and Arrow kernels rather than a Python loop over rows, come
 
 - the Thrift *binary protocol* encoding of each value's twin struct (byte-identical to
@@ -33,8 +33,9 @@ from google.protobuf.message import Message
 from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.utils import deserialize
 
-from gss.snapshot import idl, wire
-from gss.snapshot.wire import Array
+from contract.snapshot import idl
+from store import columnar
+from store.columnar import Array
 
 # Thrift wire types (thriftpy2.thrift.TType); 18 is thriftpy2's BINARY, a STRING on the wire.
 T_BOOL, T_DOUBLE, T_I32, T_I64, T_STRING, T_STRUCT, T_LIST, T_BINARY = 2, 4, 8, 10, 11, 12, 15, 18
@@ -385,12 +386,12 @@ class _Encoding:
 class _Build:
     """One batch's conversion: rows that fail it (beyond decoding) are marked here."""
 
-    def __init__(self, error: Array, reasons: wire.Reasons) -> None:
+    def __init__(self, error: Array, reasons: columnar.Reasons) -> None:
         self.error = error
         self.reasons = reasons
 
     def struct(
-        self, out: _StructOut, dec: wire.Decoded, top: Array, mask: Array | None = None
+        self, out: _StructOut, dec: columnar.Decoded, top: Array, mask: Array | None = None
     ) -> tuple[pa.Array, pa.Array]:
         """(Arrow struct column, Thrift encodings with their STOP byte) of decoded rows;
         ``top[i]`` is the batch row that row i belongs to."""
@@ -404,24 +405,24 @@ class _Build:
         )
         return array, encoding.finish()
 
-    def field(self, o: _Out, col: wire.Column, enc: _Encoding, top: Array) -> pa.Array:
+    def field(self, o: _Out, col: columnar.Column, enc: _Encoding, top: Array) -> pa.Array:
         """The Arrow column of one field; appends its Thrift encoding to ``enc``."""
         header = _HEADER.pack(_WIRE.get(o.etype, o.etype) if not o.repeated else T_LIST, o.fid)
         if o.repeated:
             return self.list_field(o, col, enc, top, header)
         if o.kind == "number":
-            assert isinstance(col, wire.Scalars)
+            assert isinstance(col, columnar.Scalars)
             values = _numbers(o.etype, col.values)
             enc.const(header)
             enc.number(values, _BIG[o.etype])
             return numpy_array(values, o.arrow)
         if o.kind == "blob":
-            assert isinstance(col, wire.Blobs)
+            assert isinstance(col, columnar.Blobs)
             enc.const(header)
             enc.number(np.diff(col.starts), ">i4")
             enc.var(col.arrow(pa.binary()))
             return col.arrow(o.arrow)
-        assert isinstance(col, wire.Messages)
+        assert isinstance(col, columnar.Messages)
         assert col.present is not None
         present = col.present
         if o.kind == "timestamp":
@@ -448,29 +449,29 @@ class _Build:
         return array
 
     def list_field(
-        self, o: _Out, col: wire.Column, enc: _Encoding, top: Array, header: bytes
+        self, o: _Out, col: columnar.Column, enc: _Encoding, top: Array, header: bytes
     ) -> pa.Array:
-        assert isinstance(col, wire.Scalars | wire.Blobs | wire.Messages)
+        assert isinstance(col, columnar.Scalars | columnar.Blobs | columnar.Messages)
         assert col.offsets is not None
         offsets = col.offsets
         counts = np.diff(offsets)
         enc.const(header + bytes([_WIRE.get(o.etype, o.etype)]))
         enc.number(counts, ">i4")
         if o.kind == "number":
-            assert isinstance(col, wire.Scalars)
+            assert isinstance(col, columnar.Scalars)
             values = _numbers(o.etype, col.values)
             big = values.astype(_BIG[o.etype])
             enc.var(_binary_of_runs(big.view(np.uint8), offsets * big.itemsize))
             elements = numpy_array(values, o.arrow)
         elif o.kind == "blob":
-            assert isinstance(col, wire.Blobs)
+            assert isinstance(col, columnar.Blobs)
             each = _Encoding(len(col.starts) - 1)
             each.number(np.diff(col.starts), ">i4")
             each.var(col.arrow(pa.binary()))
             enc.var(_join_lists(offsets, each.finish()))
             elements = col.arrow(o.arrow)
         else:
-            assert isinstance(col, wire.Messages)
+            assert isinstance(col, columnar.Messages)
             assert o.sub is not None
             elements, encoded = self.struct(o.sub, col.decoded, np.repeat(top, counts))
             enc.var(_join_lists(offsets, encoded))
@@ -478,11 +479,11 @@ class _Build:
             numpy_array(offsets, pa.int32()), elements, type=o.arrow_type
         )
 
-    def timestamps(self, dec: wire.Decoded, top: Array) -> Array:
+    def timestamps(self, dec: columnar.Decoded, top: Array) -> Array:
         """Microseconds since the epoch of decoded Timestamps (unset: 0)."""
         seconds, nanos = dec.columns["seconds"], dec.columns["nanos"]
-        assert isinstance(seconds, wire.Scalars)
-        assert isinstance(nanos, wire.Scalars)
+        assert isinstance(seconds, columnar.Scalars)
+        assert isinstance(nanos, columnar.Scalars)
         far = np.abs(seconds.values) > _MAX_TIMESTAMP_SECONDS
         if far.any():
             self.reasons.mark(
@@ -550,7 +551,7 @@ class Converted:
     value: pa.StructArray
     thrift: pa.BinaryArray
     error: Array
-    reasons: wire.Reasons
+    reasons: columnar.Reasons
 
     def reason(self, row: int) -> str:
         return self.reasons.texts[int(self.error[row])]
@@ -571,21 +572,21 @@ class Transcoder:
                 f"thrift/{idl.IDL_NAME} struct {self.thrift_class.__name__} is not the twin of "
                 f"{self.value_type}: " + "; ".join(problems)
             )
-        self._plan = wire.plan(desc)
+        self._plan = columnar.plan(desc)
         self._out = _struct_out(desc, self.thrift_class)
         self.value_arrow_type = self._out.arrow_type
 
-    def convert(self, batch: wire.Batch) -> Converted:
+    def convert(self, batch: columnar.Batch) -> Converted:
         """Convert every serialized value of ``batch`` (a bad one marks only its own row)."""
-        reasons = wire.Reasons()
-        decoded = wire.decode(self._plan, batch, reasons)
+        reasons = columnar.Reasons()
+        decoded = columnar.decode(self._plan, batch, reasons)
         build = _Build(decoded.error, reasons)
         value, thrift = build.struct(self._out, decoded, np.arange(decoded.rows))
         return Converted(value, thrift, decoded.error, reasons)
 
     def encode(self, msg: Message) -> bytes:
         """The Thrift binary-protocol bytes of a value's twin."""
-        converted = self.convert(wire.Batch.of([msg.SerializeToString()]))
+        converted = self.convert(columnar.Batch.of([msg.SerializeToString()]))
         if converted.error[0]:
             raise ConversionError(converted.reason(0))
         data: bytes = converted.thrift[0].as_py()

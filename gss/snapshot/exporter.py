@@ -9,7 +9,7 @@ only the latest value per key, so leaving them out would lose the entity) and ar
 ``late_days`` in the past is refused unless asked for explicitly.
 
 Every partition is written to a hidden staging directory, completed with its manifest and
-``_SUCCESS``, then swapped in (:func:`gss.snapshot.layout.publish`). An export killed midway
+``_SUCCESS``, then swapped in (:func:`contract.snapshot.layout.publish`). An export killed midway
 leaves the previous partition untouched and only hidden staging files behind, which the next
 run removes.
 """
@@ -30,16 +30,17 @@ from typing import Any
 import structlog
 
 import gss
-from gss.errors import InvalidArgumentError
-from gss.registry import GalaxySpec, Registry, SignalSpec
-from gss.settings import ExportSettings
-from gss.snapshot import layout, manifest
+from contract.errors import InvalidArgumentError
+from contract.registry import GalaxySpec, Registry, SignalSpec
+from contract.settings import ExportSettings
+from contract.snapshot import layout
+from contract.snapshot.idl import java_class
+from gss.snapshot import manifest
 from gss.snapshot.convert import transcoder
-from gss.snapshot.idl import java_class
 from gss.snapshot.pool import make_pool
-from gss.snapshot.source import StoreView
 from gss.snapshot.worker import GalaxyJob, SignalJob, SignalStats, WorkerResult, open_part_writer
 from store.db import SignalStore
+from store.scan import StoreView
 
 log = structlog.get_logger(__name__)
 

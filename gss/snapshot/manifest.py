@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gss.snapshot import layout
+from contract.snapshot import layout
 
 MANIFEST_VERSION = 1
 THRIFT_PROTOCOL = "binary"  # TBinaryProtocol, strict, no message envelope

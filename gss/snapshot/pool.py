@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from gss.snapshot.source import ScanBatch
 from gss.snapshot.worker import GalaxyJob, GalaxyWriter, WorkerResult
+from store.scan import ScanBatch
 
 log = structlog.get_logger(__name__)
 

@@ -3,7 +3,7 @@
 The exporter scans one consistent view of the store and hands batches of (key, stored
 record) to :class:`GalaxyWriter` instances, one per worker process, each writing its own part
 file per signal. A batch is routed to its signals with numpy and each signal's share is
-converted at once (:mod:`gss.snapshot.stored` for the records, the value type's
+converted at once (:mod:`store.record_batches` for the records, the value type's
 :class:`~gss.snapshot.convert.Transcoder` for the values). A value that cannot be converted
 is counted, written to the partition's rejects file with its reason, and never silently
 dropped.
@@ -29,8 +29,9 @@ from google.protobuf import symbol_database
 from google.protobuf.message import Message
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gss.snapshot import layout, manifest, wire
-from gss.snapshot import stored as stored_records
+from contract.keys import EntityCodec, KeyType, split_store_key
+from contract.snapshot import layout
+from gss.snapshot import manifest
 from gss.snapshot.convert import (
     ENVELOPE_FIELDS,
     Transcoder,
@@ -39,9 +40,9 @@ from gss.snapshot.convert import (
     numpy_bools,
     transcoder,
 )
-from gss.snapshot.source import ScanBatch
-from gss.snapshot.wire import Array
-from store.keys import EntityCodec, KeyType, split_store_key
+from store import columnar, record_batches
+from store.columnar import Array
+from store.scan import ScanBatch
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +116,7 @@ def entity_texts(codec: EntityCodec, entities: Array) -> pa.Array:
     width = 2 * codec.length
     text = np.frombuffer(binascii.hexlify(np.ascontiguousarray(entities).data), np.uint8)
     offsets = np.arange(0, (len(entities) + 1) * width, width, dtype=np.int32)
-    return wire.Blobs(text, offsets).arrow(pa.string())
+    return columnar.Blobs(text, offsets).arrow(pa.string())
 
 
 def resolve_message_class(value_type: str, imports: tuple[str, ...]) -> type[Message]:
@@ -160,7 +161,7 @@ class _SignalBuffer:
         self._pending_rows = 0
         self._pending_bytes = 0
 
-    def add(self, entities: Array, records: wire.Batch) -> None:
+    def add(self, entities: Array, records: columnar.Batch) -> None:
         """Convert stored records of this signal (``entities``: their ids, one row each)."""
         table, event, rejected = self._convert(entities, records)
         for row, reason in rejected:
@@ -180,11 +181,11 @@ class _SignalBuffer:
             self._write_pending()
 
     def _convert(
-        self, entities: Array, batch: wire.Batch
+        self, entities: Array, batch: columnar.Batch
     ) -> tuple[pa.Table | None, Array, list[tuple[int, str]]]:
         """The records as a table of the good rows, their event times, and (row, reason) of
         the others."""
-        columns = stored_records.decode(batch)
+        columns = record_batches.decode(batch)
         rejected: dict[int, str] = {
             int(row): columns.reason(row) for row in np.flatnonzero(columns.error)
         }
@@ -202,7 +203,7 @@ class _SignalBuffer:
             candidates = np.setdiff1d(
                 np.arange(len(batch.start)), np.fromiter(rejected, np.int64, len(rejected))
             )
-            values = wire.Batch(batch.buf, values.start[candidates], values.end[candidates])
+            values = columnar.Batch(batch.buf, values.start[candidates], values.end[candidates])
         converted = self.transcoder.convert(values)
         value, thrift = converted.value, converted.thrift
         if converted.error.any():
@@ -358,7 +359,7 @@ class GalaxyWriter:
             routed[rows] = True
             entities = sliding_window_view(keys.buf, length)[keys.start[rows]]
             values = batch.values
-            buffer.add(entities, wire.Batch(values.buf, values.start[rows], values.end[rows]))
+            buffer.add(entities, columnar.Batch(values.buf, values.start[rows], values.end[rows]))
         for row in np.flatnonzero(~routed).tolist():
             self._unrouted(keys.buf[keys.start[row] : keys.end[row]].tobytes())
 
@@ -398,7 +399,7 @@ def worker_main(
     ``end`` is answered with ``("done", WorkerResult)``; any failure with ``("error", text)``.
     A closed pipe (the exporter died) ends the process.
     """
-    from gss import logs
+    from contract import logs
 
     logs.configure(log_level, "json" if log_format == "auto" else log_format)  # type: ignore[arg-type]
     writer: GalaxyWriter | None = None

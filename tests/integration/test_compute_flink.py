@@ -26,14 +26,14 @@ from compute.examples.images.near_duplicate_of import near_duplicate_of
 from compute.examples.pins.save_count_1h import save_count_1h
 from compute.flink import gateway
 from compute.flink.run import ComputeJob
-from compute.generator import ContentGenerator
 from compute.harness import LocalHarness
 from compute.plugin import Plugin
-from gss.registry import load_registry
-from gss.settings import load_settings
-from gss.v1 import compute_pb2
-from gss.v1.content_pb2 import ImageEvent, PinEngagementEvent
-from gss.v1.signals_pb2 import DHash, NearDuplicate, WindowedCount
+from contract.registry import load_registry
+from contract.settings import load_settings
+from contract.v1 import compute_pb2
+from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from contract.v1.signals_pb2 import DHash, NearDuplicate, WindowedCount
+from gss.local.generator import ContentGenerator
 from tests.compute_support import (
     FlinkRunner,
     HarnessRunner,
@@ -88,7 +88,7 @@ def flink_runner(
 ) -> Iterator[FlinkRunner]:
     """A broker, one Flink job with every plugin (plus one that crashes its worker once), and a
     reader of every changelog and dead-letter topic."""
-    from gss.kafka.broker import LocalBroker
+    from gss.local.broker import LocalBroker
     from gss.server import start_server
 
     marker = tmp_path_factory.mktemp("crash") / "crashed"

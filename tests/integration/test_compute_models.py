@@ -16,15 +16,15 @@ from compute.examples.images.embedding import embedding
 from compute.examples.images.safety_score import safety_score
 from compute.flink import gateway
 from compute.flink.run import ComputeJob
-from compute.generator import ContentGenerator
 from compute.harness import LocalHarness
 from compute.triton.client import ModelClient
 from compute.triton.inputs import image_tensor
-from compute.triton.server import LocalTriton
-from gss.registry import load_registry
-from gss.settings import TritonSettings, load_settings
-from gss.v1.content_pb2 import ImageEvent
-from gss.v1.signals_pb2 import Embedding, SafetyScore
+from contract.registry import load_registry
+from contract.settings import TritonSettings, load_settings
+from contract.v1.content_pb2 import ImageEvent
+from contract.v1.signals_pb2 import Embedding, SafetyScore
+from gss.local.generator import ContentGenerator
+from gss.local.triton import LocalTriton
 from tests.compute_support import FlinkRunner, HarnessRunner, Runner, TopicReader, all_topics
 from tests.conftest import server_settings
 from tests.triton_reference import load_safety_weights, reference_embedding, reference_safety_score
@@ -46,7 +46,7 @@ def flink_models(
     triton: LocalTriton, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FlinkRunner]:
     """A broker, a GSS server, and a Flink job running the model plugins against Triton."""
-    from gss.kafka.broker import LocalBroker
+    from gss.local.broker import LocalBroker
     from gss.server import start_server
 
     with LocalBroker() as broker:

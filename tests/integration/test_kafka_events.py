@@ -18,13 +18,13 @@ from kafka_support import Collector, kafka_overrides, produce
 
 from clients.lookup import GssClient, make_record
 from clients.subscriber import Subscriber
+from contract.registry import Registry
+from contract.v1 import envelope_pb2, signal_service_pb2, signals_pb2
+from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 from gss.cli import main
-from gss.kafka.broker import LocalBroker
 from gss.kafka.meta import OUTBOX_PREFIX, outbox_key
-from gss.registry import Registry
+from gss.local.broker import LocalBroker
 from gss.server import GssServer, start_server
-from gss.v1 import envelope_pb2, signal_service_pb2, signals_pb2
-from gss.v1.signal_service_pb2_grpc import SignalServiceStub
 
 pytestmark = pytest.mark.integration
 

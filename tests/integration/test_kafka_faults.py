@@ -21,15 +21,15 @@ from helpers import dhash_record, image_id
 from kafka_support import Collector, kafka_overrides, produce
 
 from clients.lookup import GssClient
-from gss.errors import UnavailableError
-from gss.kafka.broker import LocalBroker
+from contract.errors import UnavailableError
+from contract.registry import Registry
+from contract.settings import load_settings
+from contract.v1 import signal_service_pb2
+from gss.kafka.components import EventsRuntime
 from gss.kafka.ingester import stored_offsets
 from gss.kafka.meta import OUTBOX_PREFIX
-from gss.kafka.runtime import EventsRuntime
-from gss.registry import Registry
+from gss.local.broker import LocalBroker
 from gss.server import start_server
-from gss.settings import load_settings
-from gss.v1 import signal_service_pb2
 from gss.writes import to_writes
 from store import records
 from store.db import SignalStore

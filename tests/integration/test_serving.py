@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from clients.lookup import AsyncGssClient, GssClient
+from contract.v1 import signal_service_pb2, signals_pb2
+from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 from gss.cli import main as gss_cli
 from gss.server import GssServer, start_server
-from gss.v1 import signal_service_pb2, signals_pb2
-from gss.v1.signal_service_pb2_grpc import SignalServiceStub
 from tests.conftest import server_settings
 from tests.helpers import count_record, dhash_record, image_id
 

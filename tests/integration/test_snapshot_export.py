@@ -20,11 +20,12 @@ import pytest
 from google.protobuf import any_pb2
 
 from clients.snapshot import SnapshotReader
-from gss.errors import NotFoundError
-from gss.registry import Registry
-from gss.snapshot import export_snapshot, layout, verify_partition
+from contract.errors import NotFoundError
+from contract.registry import Registry
+from contract.snapshot import layout
+from contract.v1 import envelope_pb2, signals_pb2
+from gss.snapshot import export_snapshot, verify_partition
 from gss.snapshot.convert import transcoder
-from gss.v1 import envelope_pb2, signals_pb2
 from gss.writes import to_writes
 from store import records
 from store.db import SignalStore, Write
@@ -166,8 +167,8 @@ def test_export_while_writes_continue_equals_the_store_at_the_checkpoint(
 WRITER = textwrap.dedent("""
     import random, sys, time
     from datetime import UTC, datetime, timedelta
-    from gss.registry import DEFAULT_REGISTRY_PATH, load_registry
-    from gss.v1 import envelope_pb2, signals_pb2
+    from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
+    from contract.v1 import envelope_pb2, signals_pb2
     from gss.writes import to_writes
     from store.db import SignalStore
     registry = load_registry(DEFAULT_REGISTRY_PATH)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from compute.triton.client import Inference, ModelClient, ModelUnavailableError
-from compute.triton.server import LocalTriton, TritonStartError
+from gss.local.triton import LocalTriton, TritonStartError
 from tests.triton_reference import MODELS, reference_embedding, sample_images
 
 pytestmark = pytest.mark.integration

@@ -22,9 +22,9 @@ from compute.triton.client import (
     TensorSpec,
 )
 from compute.triton.inputs import image_tensor
-from compute.triton.server import LocalTriton
+from contract.settings import TritonSettings
 from gss.cli import main
-from gss.settings import TritonSettings
+from gss.local.triton import LocalTriton
 from tests.triton_reference import (
     load_safety_weights,
     reference_embedding,

@@ -19,13 +19,13 @@ from compute.examples.images.dhash import dhash
 from compute.examples.images.dominant_colors import dominant_colors
 from compute.examples.images.embedding import embedding
 from compute.examples.pins.save_count_1h import save_count_1h
-from compute.generator import ContentGenerator, write_jsonl
 from compute.harness import LocalHarness, output_json, read_events
+from contract.errors import InvalidArgumentError
+from contract.v1 import compute_pb2
+from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from contract.v1.signals_pb2 import DHash, DominantColors, WeightedColor
 from gss.cli import main
-from gss.errors import InvalidArgumentError
-from gss.v1 import compute_pb2
-from gss.v1.content_pb2 import ImageEvent, PinEngagementEvent
-from gss.v1.signals_pb2 import DHash, DominantColors, WeightedColor
+from gss.local.generator import ContentGenerator, write_jsonl
 
 pytest_plugins = ["compute.testing"]
 

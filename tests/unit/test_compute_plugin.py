@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 
 from compute import Count, GroupBy, Inputs, Join, Match, Retry, Sliding, Source, Tumbling, signal
 from compute.binding import bind
+from compute.execution import window_starts
 from compute.flink import jars
 from compute.loader import load_plugins
 from compute.plugin import Shape, parse_ref
-from compute.runtime import window_starts
-from gss.errors import InvalidArgumentError
-from gss.registry import Registry
-from gss.settings import load_settings
-from gss.v1.content_pb2 import ImageEvent, PinEngagementEvent
-from gss.v1.signals_pb2 import DHash, NearDuplicate
+from contract.errors import InvalidArgumentError
+from contract.registry import Registry
+from contract.settings import load_settings
+from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from contract.v1.signals_pb2 import DHash, NearDuplicate
 
 IMAGES = Source(topic="content.images", schema=ImageEvent, entity="image_signature")
 PINS = Source(topic="content.pins", schema=PinEngagementEvent, entity="pin_id")
@@ -229,8 +229,8 @@ def test_loader_finds_plugins_in_files_and_packages(tmp_path: Path) -> None:
     file = tmp_path / "my_signal.py"
     file.write_text(
         "from compute import Source, signal\n"
-        "from gss.v1.content_pb2 import ImageEvent\n"
-        "from gss.v1.signals_pb2 import DHash\n"
+        "from contract.v1.content_pb2 import ImageEvent\n"
+        "from contract.v1.signals_pb2 import DHash\n"
         "@signal(galaxy='images', name='dhash', version=1,\n"
         "        source=Source(topic='t', schema=ImageEvent, entity='image_signature'))\n"
         "def mine(event):\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gss.kafka.config import consumer_config, producer_config
-from gss.kafka.topics import TopicKind, galaxy_topics, topic_name
-from gss.registry import Registry
-from gss.settings import KafkaSettings
+from contract.kafka import consumer_config, producer_config
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.topics import TopicKind, galaxy_topics, topic_name
 
 SECURE = KafkaSettings(
     bootstrap_servers="kafka-0:9093",

@@ -7,12 +7,12 @@ import pytest
 from confluent_kafka import Message
 from helpers import count_record, dhash_record, image_id
 
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.kafka.ingester import DeadLetter, Ingester, decode_record, stored_offsets
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry
 from gss.kafka.outbox import Outbox
-from gss.registry import Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2, signals_pb2
 from store.db import SignalStore
 
 TOPIC = "gss.images.changelog"

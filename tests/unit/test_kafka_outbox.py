@@ -8,11 +8,11 @@ from pathlib import Path
 from helpers import dhash_record, image_id
 
 from clients.lookup import make_record
+from contract.registry import Registry
+from contract.settings import KafkaSettings
+from contract.v1 import envelope_pb2, events_pb2, signals_pb2
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_sequence
 from gss.kafka.outbox import Outbox
-from gss.registry import Registry
-from gss.settings import KafkaSettings
-from gss.v1 import envelope_pb2, events_pb2, signals_pb2
 from gss.writes import to_write
 from store.db import SignalStore, Write
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gss import lookup
-from gss.registry import Registry
-from gss.v1 import signal_service_pb2, signals_pb2
+from contract.registry import Registry
+from contract.v1 import signal_service_pb2, signals_pb2
+from gss import reads
 from gss.writes import to_writes
 from store.db import SignalStore
 from tests.helpers import count_record, dhash_record, image_id
@@ -17,9 +17,9 @@ def test_spliced_response_decodes_to_request_order(store: SignalStore, registry:
     store.apply(to_writes(registry, [dhash_record(1, 11), dhash_record(3, 33)]))
     images = registry.galaxy("images")
     specs = [images.signal("dhash"), images.signal("dominant_colors")]
-    body, counts = lookup.lookup(store, images, [image_id(3), image_id(2), image_id(1)], specs)
+    body, counts = reads.lookup(store, images, [image_id(3), image_id(2), image_id(1)], specs)
     response = signal_service_pb2.GetSignalsResponse.FromString(body)
-    assert counts == lookup.LookupCounts(found=2, not_found=4, expired=0)
+    assert counts == reads.LookupCounts(found=2, not_found=4, expired=0)
     statuses = [[cell.status for cell in row.cells] for row in response.entities]
     found, missing = signal_service_pb2.CELL_STATUS_FOUND, signal_service_pb2.CELL_STATUS_NOT_FOUND
     assert statuses == [[found, missing], [missing, missing], [found, missing]]
@@ -48,7 +48,7 @@ def test_values_older_than_the_ttl_are_expired_not_served(
         )
     )
     pins = registry.galaxy("pins")
-    body, counts = lookup.lookup(store, pins, ["1", "2"], [pins.signal("save_count_1h")])
+    body, counts = reads.lookup(store, pins, ["1", "2"], [pins.signal("save_count_1h")])
     cells = [
         row.cells[0] for row in signal_service_pb2.GetSignalsResponse.FromString(body).entities
     ]
@@ -67,7 +67,7 @@ def test_large_cells_get_multi_byte_length_prefixes(store: SignalStore, registry
     big = signals_pb2.Embedding(values=[0.5] * 5000)  # ~20 kB
     store.apply(to_writes(registry, [make_record("images", image_id(9), "embedding@1", big)]))
     images = registry.galaxy("images")
-    body, _ = lookup.lookup(store, images, [image_id(9)], [images.signal("embedding")])
+    body, _ = reads.lookup(store, images, [image_id(9)], [images.signal("embedding")])
     cell = signal_service_pb2.GetSignalsResponse.FromString(body).entities[0].cells[0]
     value = signals_pb2.Embedding()
     cell.value.Unpack(value)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gss.errors import InvalidArgumentError, NotFoundError
-from gss.registry import Registry, load_registry
-from gss.v1 import signals_pb2
+from contract.errors import InvalidArgumentError, NotFoundError
+from contract.registry import Registry, load_registry
+from contract.v1 import signals_pb2
 
 
 def write_registry(tmp_path: Path, galaxies: dict[str, object]) -> Path:
     path = tmp_path / "registry.yaml"
-    path.write_text(yaml.safe_dump({"imports": ["gss.v1.signals_pb2"], "galaxies": galaxies}))
+    path.write_text(yaml.safe_dump({"imports": ["contract.v1.signals_pb2"], "galaxies": galaxies}))
     return path
 
 

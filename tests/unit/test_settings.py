@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gss.settings import load_settings
+from contract.settings import load_settings
 
 
 def test_precedence_of_every_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

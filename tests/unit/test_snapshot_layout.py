@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from gss.errors import InvalidArgumentError
-from gss.snapshot import layout, manifest
+from contract.errors import InvalidArgumentError
+from contract.snapshot import layout
+from contract.v1 import signals_pb2
+from gss.snapshot import manifest
 from gss.snapshot.convert import transcoder
 from gss.snapshot.exporter import check_date
-from gss.v1 import signals_pb2
 
 NOW = datetime(2026, 11, 22, 0, 30, tzinfo=UTC)
 

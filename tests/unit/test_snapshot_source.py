@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gss.registry import Registry
-from gss.snapshot.source import ScanBatch, StoreView
+from contract.registry import Registry
 from store.db import SignalStore
+from store.scan import ScanBatch, StoreView
 from tests.snapshot_fixtures import example_records, write
 
 

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.utils import serialize
 
-from gss.registry import Registry
-from gss.snapshot import idl, wire
+from contract.registry import Registry
+from contract.snapshot import idl
+from contract.v1 import signals_pb2
 from gss.snapshot.convert import TIMESTAMP, Transcoder, transcoder, twin_problems
-from gss.v1 import signals_pb2
+from store import columnar
 from tests.snapshot_fixtures import example_value
 
 MESSAGES = sorted(signals_pb2.DESCRIPTOR.message_types_by_name)
@@ -116,7 +117,7 @@ def test_round_trip_of_every_example_signal(signal: str) -> None:
         obj = tc.decode(data)
         assert serialize(obj, TBinaryProtocolFactory()) == data
         assert _thrift_dict(obj) == _proto_dict(msg)
-        row = tc.convert(wire.Batch.of([msg.SerializeToString()])).value.to_pylist()[0]
+        row = tc.convert(columnar.Batch.of([msg.SerializeToString()])).value.to_pylist()[0]
         assert _arrow_plain(row) == _proto_dict(msg)
 
 
@@ -183,7 +184,7 @@ def test_unpacked_repeated_floats_are_read_too() -> None:
     packed = signals_pb2.Embedding(values=values).SerializeToString()
     unpacked = b"".join(b"\x0d" + packed[2 + 4 * i : 6 + 4 * i] for i in range(5))
     msg = signals_pb2.Embedding.FromString(unpacked)
-    converted = Transcoder(signals_pb2.Embedding).convert(wire.Batch.of([unpacked]))
+    converted = Transcoder(signals_pb2.Embedding).convert(columnar.Batch.of([unpacked]))
     row = converted.value.to_pylist()[0]
     assert row["values"] == pytest.approx(list(msg.values))
     assert all(math.isfinite(v) for v in row["values"])

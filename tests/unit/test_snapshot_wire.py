@@ -12,12 +12,11 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gss.snapshot import stored, wire
+from contract.keys import EntityCodec, KeyType
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.snapshot.convert import TIMESTAMP, transcoder
 from gss.snapshot.worker import entity_texts
-from gss.v1 import envelope_pb2, signals_pb2
-from store import records
-from store.keys import EntityCodec, KeyType
+from store import columnar, record_batches, records
 from tests.snapshot_fixtures import example_value
 
 SIGNALS = ["embedding", "dominant_colors", "dhash", "near_duplicate_of", "safety_score"]
@@ -68,7 +67,7 @@ def _expected(msg: Message) -> Any:
 def _convert(cls: type[Message], payloads: list[bytes]) -> tuple[list[Any], list[str]]:
     """(Thrift-domain value or None, error reason) of each payload, converted in one batch."""
     tc = transcoder(cls)
-    converted = tc.convert(wire.Batch.of(payloads))
+    converted = tc.convert(columnar.Batch.of(payloads))
     values = []
     for i in range(len(payloads)):
         if converted.error[i]:
@@ -218,8 +217,8 @@ def test_stored_records_decode_like_store_records() -> None:
     good = records.encode(3, packed, envelope)
     other_format = b"\x02" + good[1:]
     no_cell = good[: records.HEADER.size]
-    batch = wire.Batch.of([good, other_format, b"\x01\x02", no_cell, good])
-    columns = stored.decode(batch)
+    batch = columnar.Batch.of([good, other_format, b"\x01\x02", no_cell, good])
+    columns = record_batches.decode(batch)
     assert [columns.reason(i).split(":")[0] for i in range(5)] == [
         "",
         "ValueError",
@@ -361,9 +360,9 @@ _MESSAGES = st.fixed_dictionaries(
 )  # fmt: skip
 
 
-def _column_value(column: wire.Column, row: int, fd: Any) -> Any:
+def _column_value(column: columnar.Column, row: int, fd: Any) -> Any:
     """Row ``row`` of a decoded column, as Python values like upb's."""
-    if isinstance(column, wire.Messages):
+    if isinstance(column, columnar.Messages):
         dec = column.decoded
         fields = fd.message_type.fields
         if column.offsets is None:
@@ -376,7 +375,7 @@ def _column_value(column: wire.Column, row: int, fd: Any) -> Any:
             {f.name: _column_value(dec.columns[f.name], i, f) for f in fields}
             for i in range(lo, hi)
         ]
-    if isinstance(column, wire.Blobs):
+    if isinstance(column, columnar.Blobs):
         items = range(row, row + 1)
         if column.offsets is not None:
             items = range(column.offsets[row], column.offsets[row + 1])
@@ -384,7 +383,7 @@ def _column_value(column: wire.Column, row: int, fd: Any) -> Any:
         if fd.type == fd.TYPE_STRING:
             got = [g.decode() for g in got]
         return got if column.offsets is not None else got[0]
-    assert isinstance(column, wire.Scalars)
+    assert isinstance(column, columnar.Scalars)
     values = column.values
     if column.offsets is not None:
         return [v.item() for v in values[column.offsets[row] : column.offsets[row + 1]]]
@@ -418,8 +417,10 @@ def test_every_field_type_decodes_as_upb_reads_it(rows: list[dict[str, Any]]) ->
         msgs.append(_ALL_TYPES(**kwargs))
     payloads = [m.SerializeToString() for m in msgs]
     parsed = [_ALL_TYPES.FromString(p) for p in payloads]
-    reasons = wire.Reasons()
-    decoded = wire.decode(wire.plan(_ALL_TYPES.DESCRIPTOR), wire.Batch.of(payloads), reasons)
+    reasons = columnar.Reasons()
+    decoded = columnar.decode(
+        columnar.plan(_ALL_TYPES.DESCRIPTOR), columnar.Batch.of(payloads), reasons
+    )
     assert not decoded.error.any(), [reasons.texts[e] for e in decoded.error]
     for i, msg in enumerate(parsed):
         for fd in _ALL_TYPES.DESCRIPTOR.fields:

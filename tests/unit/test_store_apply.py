@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gss.registry import Registry
-from gss.v1 import envelope_pb2, signals_pb2
+from contract.registry import Registry
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.writes import to_writes
 from store import records
 from store.db import SignalStore, Write

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gss.errors import InvalidArgumentError
-from store.keys import INT64_MAX, EntityCodec, KeyType, split_store_key, store_key
+from contract.errors import InvalidArgumentError
+from contract.keys import INT64_MAX, EntityCodec, KeyType, split_store_key, store_key
 
 INT64 = EntityCodec(KeyType.INT64)
 BYTES16 = EntityCodec(KeyType.BYTES, 16)

@@ -31,7 +31,7 @@ from compute.triton.transport import (
     TensorSpec,
     TransportError,
 )
-from gss.errors import InvalidArgumentError, UnavailableError
+from contract.errors import InvalidArgumentError, UnavailableError
 
 MODEL = "doubler"
 

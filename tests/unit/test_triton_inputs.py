@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compute.triton.inputs import INPUT_SHAPE, image_batch, image_tensor, resize
-from gss.errors import InvalidArgumentError
+from contract.errors import InvalidArgumentError
 
 
 def test_rgb_image_becomes_uint8_32x32x3() -> None:

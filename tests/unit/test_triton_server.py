@@ -1,4 +1,4 @@
-"""Locating and configuring the local tritonserver (compute.triton.server), without starting it."""
+"""Locating and configuring the local tritonserver (gss.local.triton), without starting it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from compute.triton.server import (
+from contract.settings import TritonSettings
+from gss.cli import main
+from gss.local.triton import (
     LocalTriton,
     TritonStartError,
     find_models,
@@ -16,8 +18,6 @@ from compute.triton.server import (
     pytriton_paths,
     triton_url,
 )
-from gss.cli import main
-from gss.settings import TritonSettings
 
 REPOSITORY = TritonSettings().model_repository
 

@@ -23,7 +23,7 @@ from compute.triton.transport import (
     numpy_dtype,
     triton_dtype,
 )
-from gss.errors import InvalidArgumentError
+from contract.errors import InvalidArgumentError
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gss.errors import InvalidArgumentError, NotFoundError
-from gss.registry import Registry
+from contract.errors import InvalidArgumentError, NotFoundError
+from contract.registry import Registry
 from gss.writes import to_writes
 from tests.helpers import count_record, dhash_record
 

@@ -7,8 +7,8 @@ from compute import signal
 from compute.content import image_array
 from compute.examples.images.sources import IMAGES
 from compute.triton.inputs import resize
-from gss.v1.content_pb2 import ImageEvent
-from gss.v1.signals_pb2 import DHash
+from contract.v1.content_pb2 import ImageEvent
+from contract.v1.signals_pb2 import DHash
 
 
 def difference_hash(pixels: npt.NDArray[np.uint8]) -> int:

@@ -5,8 +5,8 @@ import numpy as np
 from compute import signal
 from compute.content import image_array
 from compute.examples.images.sources import IMAGES
-from gss.v1.content_pb2 import ImageEvent
-from gss.v1.signals_pb2 import DominantColors, WeightedColor
+from contract.v1.content_pb2 import ImageEvent
+from contract.v1.signals_pb2 import DominantColors, WeightedColor
 
 LEVELS = 4  # per channel: 64 colour bins
 TOP = 5

@@ -4,8 +4,8 @@ from compute import Model, signal
 from compute.content import image_array
 from compute.examples.images.sources import IMAGES
 from compute.triton.inputs import image_tensor
-from gss.v1.content_pb2 import ImageEvent
-from gss.v1.signals_pb2 import Embedding
+from contract.v1.content_pb2 import ImageEvent
+from contract.v1.signals_pb2 import Embedding
 
 
 @signal(galaxy="images", name="embedding", version=1, source=IMAGES, model="image_embedding")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from compute import Inputs, Match, signal
-from gss.v1.signals_pb2 import DHash, NearDuplicate
+from contract.v1.signals_pb2 import DHash, NearDuplicate
 
 MAX_DISTANCE = 6
 # (start bit, width): 6 bands of 9 bits and one of 10 cover the 64 bits.

@@ -4,8 +4,8 @@ from compute import Model, signal
 from compute.content import image_array
 from compute.examples.images.sources import IMAGES
 from compute.triton.inputs import image_tensor
-from gss.v1.content_pb2 import ImageEvent
-from gss.v1.signals_pb2 import SafetyScore
+from contract.v1.content_pb2 import ImageEvent
+from contract.v1.signals_pb2 import SafetyScore
 
 
 @signal(galaxy="images", name="safety_score", version=1, source=IMAGES, model="safety_classifier")

@@ -3,8 +3,8 @@
 from datetime import timedelta
 
 from compute import Count, GroupBy, Source, Tumbling, WindowSpan, signal
-from gss.v1.content_pb2 import PinEngagementEvent
-from gss.v1.signals_pb2 import WindowedCount
+from contract.v1.content_pb2 import PinEngagementEvent
+from contract.v1.signals_pb2 import WindowedCount
 
 PINS = Source(topic="content.pins", schema=PinEngagementEvent, entity="pin_id")
 

@@ -1,0 +1,8 @@
+"""The contract layer: what every part of GSS agrees on, and nothing else.
+
+Generated wire code (``contract.v1``, from proto/), errors, the registry model, entity-id
+codecs and store-key suffixes, topic and header names, Kafka client options the guarantees
+depend on, the dead-letter format, the snapshot layout and Thrift IDL, the settings shape and
+the logging set-up. Every other package (store, gss, compute, clients) may import it; it
+imports none of them (docs/architecture.md, checked by import-linter in ``make test``).
+"""

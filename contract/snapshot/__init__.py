@@ -1,0 +1,1 @@
+"""The snapshot contract batch readers rely on: the Hive layout and the Thrift IDL."""

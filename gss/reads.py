@@ -1,0 +1,100 @@
+"""GetSignals answers built straight from stored bytes.
+
+A stored record's tail is a serialized ``EntitySignals`` with one FOUND cell (see
+store/records.py). Protobuf concatenates repeated fields, so the row of an entity is the
+concatenation of its cells' tails, and the response is each row framed as field 1
+(``0x0a ‖ varint(length) ‖ row``). A lookup is then one multi-get, one slice per cell and
+one join: no value is decoded or re-encoded. Only expired cells take a slow path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from contract.registry import GalaxySpec, SignalSpec
+from contract.v1 import signal_service_pb2
+from gss.writes import now_us
+from store import records
+from store.db import SignalStore
+
+_FIELD_1 = b"\x0a"  # field 1, length-delimited: EntitySignals.cells, GetSignalsResponse.entities
+_NOT_FOUND = signal_service_pb2.EntitySignals(
+    cells=[signal_service_pb2.SignalCell(status=signal_service_pb2.CELL_STATUS_NOT_FOUND)]
+).SerializeToString()
+_HEADER = records.HEADER.size
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Rows are nearly always shorter than this, so their length prefixes come from a table.
+_VARINTS = tuple(_varint(n) for n in range(1 << 14))
+
+
+def varint(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _varint(n)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCounts:
+    found: int
+    not_found: int
+    expired: int
+
+
+def _expired(stored: bytes) -> bytes:
+    # Keep the envelope (so callers see how old the value is), drop the value.
+    full = records.cell_of(stored)
+    cell = signal_service_pb2.SignalCell(
+        status=signal_service_pb2.CELL_STATUS_EXPIRED, version=full.version, envelope=full.envelope
+    )
+    return signal_service_pb2.EntitySignals(cells=[cell]).SerializeToString()
+
+
+def lookup(
+    store: SignalStore,
+    galaxy: GalaxySpec,
+    entity_ids: Sequence[str],
+    specs: Sequence[SignalSpec],
+) -> tuple[bytes, LookupCounts]:
+    """The serialized GetSignalsResponse for ``entity_ids`` x ``specs``, in request order."""
+    entities = galaxy.codec.many_to_bytes(entity_ids)
+    suffixes = [spec.key_suffix for spec in specs]
+    values = store.get_many(
+        galaxy.name, [entity + suffix for entity in entities for suffix in suffixes]
+    )
+    not_found = values.count(None)
+    expired = 0
+    if any(spec.ttl for spec in specs):
+        now = now_us()
+        cutoffs = [
+            now - int(spec.ttl.total_seconds() * 1_000_000) if spec.ttl else None for spec in specs
+        ]
+        width = len(specs)
+        cells = []
+        for i, stored in enumerate(values):
+            cutoff = cutoffs[i % width]
+            if stored is None:
+                cells.append(_NOT_FOUND)
+            elif cutoff is not None and records.event_time_us(stored) < cutoff:
+                cells.append(_expired(stored))
+                expired += 1
+            else:
+                cells.append(stored[_HEADER:])
+    else:
+        cells = [_NOT_FOUND if stored is None else stored[_HEADER:] for stored in values]
+    width = len(specs)
+    rows = (
+        cells
+        if width == 1
+        else [b"".join(cells[i : i + width]) for i in range(0, len(cells), width)]
+    )
+    body = b"".join([part for row in rows for part in (_FIELD_1, varint(len(row)), row)])
+    return body, LookupCounts(len(values) - not_found - expired, not_found, expired)
