@@ -3,6 +3,14 @@
 PyFlink starts one Java gateway process per Python process (the local MiniCluster runs in
 it) and leaves it to die with its parent. A long-lived process that is done with Flink, or
 a test session that must not leave processes behind, calls :func:`shutdown`.
+
+With :func:`own_session` called first, the JVM starts in a session of its own, and so do
+the Python workers it starts (``pyflink-udf-runner.sh`` running ``beam_boot``, in the JVM's
+process group): a Ctrl-C in the terminal or a SIGTERM to the caller's process group does not
+reach them, so the caller cancels its job before the JVM stops, and :func:`shutdown` kills
+whatever is left in the group (a worker the JVM did not stop). The group is also killed at
+interpreter exit (:mod:`contract.processes`), and the JVM gets SIGTERM if the thread that
+launched it dies first.
 """
 
 from __future__ import annotations
@@ -10,12 +18,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
+from contract import processes
+
 log = structlog.get_logger(__name__)
+
+_patch_lock = threading.Lock()
 
 
 def _is_launched() -> bool:
@@ -44,6 +59,32 @@ def prepare_local() -> bool:
     return True
 
 
+def own_session() -> None:
+    """Have PyFlink launch its gateway JVM in a session (and process group) of its own.
+
+    Idempotent; call before the gateway starts (it has no effect on a running one). PyFlink's
+    launcher keeps its own ``preexec_fn`` (the JVM ignores SIGINT); this adds the new session,
+    a parent-death SIGTERM (launched from the main thread only) and tracking of the group.
+    """
+    from pyflink import pyflink_gateway_server as launcher
+
+    with _patch_lock:
+        if getattr(launcher.Popen, "_gss_own_session", False):
+            return
+
+        def popen(args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            kwargs["start_new_session"] = True
+            kwargs["preexec_fn"] = processes.child_preexec(
+                signal.SIGTERM, then=kwargs.get("preexec_fn")
+            )
+            process: subprocess.Popen[bytes] = subprocess.Popen(args, **kwargs)
+            processes.track(process.pid, "Flink JVM")
+            return process
+
+        popen._gss_own_session = True  # type: ignore[attr-defined]
+        launcher.Popen = popen
+
+
 def shutdown(timeout_seconds: float = 10.0) -> None:
     """Stop this process's Flink gateway JVM (and with it any local MiniCluster), if running."""
     from pyflink import java_gateway
@@ -69,6 +110,11 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+    if pid in processes.tracked():
+        # In its own group (own_session): Python workers it did not stop are still there.
+        if processes.kill_group(pid):
+            log.info("flink_workers_killed", pgid=pid)
+        processes.untrack(pid)
     log.info("flink_gateway_stopped", pid=pid)
 
 

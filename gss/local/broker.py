@@ -12,24 +12,20 @@ Use it as a context manager::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import socket
 import subprocess
-import sys
 import time
 from types import TracebackType
 
 import structlog
 
+from contract import processes
 from contract.errors import UnavailableError
 
 log = structlog.get_logger(__name__)
 
 _START_ATTEMPTS = 5
-_PR_SET_PDEATHSIG = 1
-# Resolved in the parent: the child, between fork and exec, only calls it.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def broker_binary() -> str:
@@ -53,8 +49,11 @@ class LocalBroker:
     """A tansu broker child process. ``start``/``stop``/``restart`` keep the same port, so
     clients reconnect to a restarted broker by themselves (it comes back empty).
 
-    On Linux the broker is killed when the thread that started it dies, so start it from a
-    thread that outlives it (the main thread, a fixture)."""
+    The broker runs in a session of its own: the terminal's Ctrl-C (or a signal to the
+    caller's process group) does not reach it, so its owner stops it in its turn. It is
+    killed at interpreter exit if still running (:mod:`contract.processes`), and on Linux when
+    the thread that started it dies (even by kill -9), so start it from a thread that outlives
+    it (the main thread, a fixture)."""
 
     def __init__(
         self,
@@ -105,8 +104,11 @@ class LocalBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509
+                start_new_session=True,
+                # SIGKILL when the starting thread dies, even by kill -9: no broker left behind.
+                preexec_fn=processes.child_preexec(signal.SIGKILL, main_thread_only=False),  # noqa: PLW1509
             )
+            processes.track(process.pid, "local broker")
             if self._wait_ready(process, port):
                 self._process, self.port = process, port
                 log.info(
@@ -161,13 +163,6 @@ class LocalBroker:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the thread that started it dies (even by kill -9),
-    so a crashed test or `gss run` never leaves a broker behind."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-
 def _terminate(process: subprocess.Popen[bytes]) -> None:
     # In memory only: nothing to flush, so a broker slow to exit is simply killed.
     if process.poll() is None:
@@ -177,3 +172,4 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+    processes.untrack(process.pid)

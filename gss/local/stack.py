@@ -9,34 +9,45 @@
 5. a generator of content events (synthetic images, pin saves).
 
 It then reports, every few seconds, the availability events that arrived and what GetSignals
-answers for the newest entities, until ``duration`` or Ctrl-C; on the way out it exports
-today's snapshot of the store, and stops everything in reverse order.
+answers for the newest entities, until ``duration``, Ctrl-C or SIGTERM. On the way out it stops
+everything in reverse order, a line per part: the generator, the Flink job (cancelled, then
+its JVM and Python workers), then it exports today's snapshot of the store, then stops the GSS
+server (ingester and publisher drained), Triton and the broker. The child processes run in
+sessions of their own, so a signal meant for ``gss run`` (the terminal's Ctrl-C, a SIGTERM to
+its process group) does not reach them first; none outlives ``gss run`` (see
+:class:`StopRequest` and :mod:`contract.processes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 import structlog
 from google.protobuf import json_format
 
 from clients.lookup import GssClient, make_record
+from compute.triton import model_repository
+from contract import processes
 from contract.registry import Registry
 from contract.settings import KafkaSettings, Settings
 from contract.v1 import envelope_pb2, signals_pb2
-from gss.cli.context import stop_on_signals
 from gss.kafka.watch import AvailableReader
 from gss.local.broker import LocalBroker
 from gss.server import start_server
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 REPORT_SECONDS = 5.0
 CONTENT_EVENTS_PER_SECOND = 10.0
@@ -149,6 +160,74 @@ def _show_lookups(
                 out.write(f"    {name}: {cell.status.replace('_', ' ')}\n")
 
 
+class StopRequest:
+    """SIGINT and SIGTERM ask ``gss run`` to stop, once: the main thread then stops every part
+    in order. The children run in sessions of their own (:mod:`contract.processes`), so the
+    terminal's Ctrl-C or a SIGTERM to the process group reaches this process only.
+
+    Another signal within ``repeat_grace_seconds`` of the first is the same request (``timeout``
+    sends its signal to the process and then to its group); a later one forces the stop: every
+    child process group is killed and the process exits at once (128 + the signal number).
+    """
+
+    def __init__(self, repeat_grace_seconds: float = 1.0) -> None:
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+        self.repeat_grace_seconds = repeat_grace_seconds
+        self._first: float | None = None
+        self._previous: dict[int, Any] = {}
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+    def install(self) -> StopRequest:
+        """Handle SIGINT and SIGTERM (from the main thread); :meth:`restore` undoes it."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+            self.signal_name = signal.Signals(signum).name
+            self.event.set()
+            return
+        if now - self._first < self.repeat_grace_seconds:
+            return
+        # Nothing that takes a lock: the main thread may hold the output's.
+        killed = processes.kill_tracked()
+        message = f"\n{signal.Signals(signum).name} again: forced stop"
+        message += f"; killed {', '.join(killed)}\n" if killed else "\n"
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode())
+        os._exit(128 + signum)
+
+
+def _stopped(out: TextIO, line: str) -> None:
+    out.write(f"stopped {line}\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _announced(
+    out: TextIO, name: str, part: contextlib.AbstractContextManager[T], *, quiet: bool = False
+) -> Iterator[T]:
+    """``part``, with a "stopped <name>" line once it has stopped (not when it failed)."""
+    with part as value:
+        yield value
+    if not quiet:
+        _stopped(out, name)
+
+
 def run_local_stack(
     settings: Settings,
     data_dir: Path,
@@ -161,14 +240,34 @@ def run_local_stack(
     """Start the local stack, show signals flowing, and run until ``duration`` or a signal.
 
     ``compute=False`` leaves out Triton, Flink and the generator (serving and events only).
+    Stopping (the duration's end, SIGINT, SIGTERM) takes every part down in reverse order of
+    dependency, a line each: content generator, Flink job and its JVM, (the snapshot export),
+    GSS server, Triton, broker. No child process outlives the call, however it ends.
     """
-    stop = stop_on_signals()
+    stop = StopRequest().install()
+    try:
+        _run(settings, data_dir, duration, out, compute, rate_per_second, stop)
+    finally:
+        # Every exit path: child process groups still there (a failed stop) are killed.
+        processes.kill_tracked()
+        stop.restore()
+
+
+def _run(
+    settings: Settings,
+    data_dir: Path,
+    duration: float | None,
+    out: TextIO,
+    compute: bool,
+    rate_per_second: float,
+    stop: StopRequest,
+) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         local_broker = not settings.kafka.bootstrap_servers
         if local_broker:
-            broker = stack.enter_context(LocalBroker())
+            broker = stack.enter_context(_announced(out, "local broker", LocalBroker()))
             settings = settings.model_copy(
                 update={
                     "kafka": settings.kafka.model_copy(
@@ -177,20 +276,26 @@ def run_local_stack(
                 }
             )
             out.write(f"local Kafka-protocol broker on {broker.bootstrap_servers} (in memory)\n")
+        compute = compute and not stop.is_set()
         if compute:
             from gss.local.triton import triton_url
 
-            url = stack.enter_context(triton_url(settings.triton))
+            url = stack.enter_context(
+                _announced(
+                    out, "Triton", triton_url(settings.triton), quiet=bool(settings.triton.url)
+                )
+            )
             settings = settings.model_copy(
                 update={"triton": settings.triton.model_copy(update={"url": url})}
             )
-            out.write(f"Triton serving {settings.triton.model_repository.name}/ on http://{url}\n")
+            out.write(f"Triton serving {model_repository(settings.triton).name}/ on http://{url}\n")
         server = start_server(settings)
+        stack.callback(_stopped, out, "GSS server (ingester and publisher drained, store closed)")
         stack.callback(server.stop)
         out.write(f"GSS serving on {server.address}; store at {settings.store.path}\n")
-        flow = stack.enter_context(
-            FlowReport(settings.kafka, server.registry, from_beginning=local_broker)
-        )
+        flow = FlowReport(settings.kafka, server.registry, from_beginning=local_broker)
+        stack.callback(lambda: out.write(f"{flow.total} availability events in all\n"))
+        stack.enter_context(flow)
         client = stack.enter_context(GssClient(server.address))
 
         records = example_records(datetime.now(UTC))
@@ -203,44 +308,34 @@ def run_local_stack(
             out,
         )
 
-        generator_stop = None
-        if compute:
-            from compute.flink import gateway
-            from compute.flink.run import ComputeJob
-            from gss.local.generator import running_generator
-
-            stack.callback(gateway.shutdown)  # after the job is cancelled: PyFlink's JVM
-            job = ComputeJob(settings, registry=server.registry).start()
-            stack.callback(job.stop)
+        with contextlib.ExitStack() as compute_parts:
+            if compute and not stop.is_set():
+                _start_compute(settings, server.registry, rate_per_second, out, compute_parts)
             out.write(
-                f"compute job {job.job_id} on a Flink MiniCluster: {len(job.bounds)} plugins\n"
+                "running; Ctrl-C stops\n" if duration is None else f"running for {duration:g}s\n"
             )
-            generator_stop = stack.enter_context(
-                running_generator(settings, rate_per_second=rate_per_second)
-            )
-            out.write(
-                f"content generator: {rate_per_second:g} events/s to content.images and content.pins\n"
-            )
-        out.write("running; Ctrl-C stops\n" if duration is None else f"running for {duration:g}s\n")
-        out.flush()
+            out.flush()
 
-        deadline = None if duration is None else started + duration
-        next_report = time.monotonic() + REPORT_SECONDS
-        while not stop.is_set():
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if now >= next_report:
-                next_report = now + REPORT_SECONDS
-                counts = flow.take_counts()
-                shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
-                out.write(f"[{now - started:5.0f}s] availability events: {shown}\n")
-                _show_lookups(client, server.registry, dict(flow.newest), out)
-                out.flush()
-            stop.wait(min(0.5, max(0.0, (deadline or now + 1) - now)))
+            deadline = None if duration is None else started + duration
+            next_report = time.monotonic() + REPORT_SECONDS
+            while not stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if now >= next_report:
+                    next_report = now + REPORT_SECONDS
+                    counts = flow.take_counts()
+                    shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
+                    out.write(f"[{now - started:5.0f}s] availability events: {shown}\n")
+                    _show_lookups(client, server.registry, dict(flow.newest), out)
+                    out.flush()
+                stop.wait(min(0.5, max(0.0, (deadline or now + 1) - now)))
+            reason = f"on {stop.signal_name}" if stop.signal_name else f"after {duration:g}s"
+            out.write(f"stopping {reason}\n")
+            out.flush()
+        # The generator and the Flink job are stopped: what they wrote is in the store, or
+        # in the changelog for the ingester, which runs until the server stops.
 
-        if generator_stop is not None:
-            generator_stop.set()
         today = datetime.now(UTC).date()
         from gss.snapshot.exporter import export_snapshot
 
@@ -256,6 +351,44 @@ def run_local_stack(
             f"snapshot dt={today.isoformat()}: {result.rows} rows in {len(result.partitions)} partitions "
             f"under {data_dir / 'snapshots'}\n"
         )
-        out.write(f"{flow.total} availability events in all; stopping\n")
         out.flush()
     out.write("stopped\n")
+    out.flush()
+
+
+def _start_compute(
+    settings: Settings,
+    registry: Registry,
+    rate_per_second: float,
+    out: TextIO,
+    stack: contextlib.ExitStack,
+) -> None:
+    """The Flink job (and its JVM) and the content generator, stopped by ``stack`` in turn."""
+    from compute.flink import gateway
+    from compute.flink.run import ComputeJob
+    from gss.local.generator import running_generator
+
+    job: ComputeJob | None = None
+    job_id: str | None = None
+
+    def stop_flink() -> None:
+        try:
+            if job is not None:
+                job.stop()  # cancelled while its JVM still answers
+        finally:
+            gateway.shutdown()  # the JVM (MiniCluster), then what is left in its group
+        _stopped(out, f"Flink job {job_id} (cancelled) and its JVM" if job_id else "Flink JVM")
+
+    gateway.own_session()  # before anything starts the JVM
+    stack.callback(stop_flink)
+    job = ComputeJob(settings, registry=registry).start()
+    job_id = job.job_id
+    out.write(f"compute job {job_id} on a Flink MiniCluster: {len(job.bounds)} plugins\n")
+    stack.enter_context(
+        _announced(
+            out, "content generator", running_generator(settings, rate_per_second=rate_per_second)
+        )
+    )
+    out.write(
+        f"content generator: {rate_per_second:g} events/s to content.images and content.pins\n"
+    )

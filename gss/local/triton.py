@@ -35,7 +35,9 @@ from types import TracebackType
 
 import structlog
 
+from compute.triton import model_repository
 from compute.triton.transport import TransportError, TritonTransport
+from contract import processes
 from contract.errors import GssError
 from contract.settings import TritonSettings
 
@@ -142,7 +144,7 @@ class LocalTriton:
     @classmethod
     def from_settings(cls, settings: TritonSettings) -> LocalTriton:
         return cls(
-            settings.model_repository,
+            model_repository(settings),
             startup_timeout_seconds=settings.startup_timeout_seconds,
             model_config_name=settings.model_config_name,
         )
@@ -258,8 +260,13 @@ class LocalTriton:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self._environment(),
-                start_new_session=True,  # its own process group: teardown kills the stubs too
+                # Its own session: the terminal's Ctrl-C does not reach it (its owner stops it
+                # in turn), and teardown kills the stubs in its group too. SIGTERM (a graceful
+                # stop) if the thread that started it dies without stopping it.
+                start_new_session=True,
+                preexec_fn=processes.child_preexec(signal.SIGTERM),  # noqa: PLW1509
             )
+        processes.track(self._process.pid, "Triton")
         log.info(
             "triton_starting",
             pid=self._process.pid,
@@ -326,6 +333,7 @@ class LocalTriton:
                 process.wait(timeout=5)
         # Stubs that outlived their parent are still in the group.
         _killpg(process.pid)
+        processes.untrack(process.pid)
         log.info("triton_stopped", pid=process.pid, returncode=process.returncode)
 
     def stop(self) -> None:
@@ -370,7 +378,7 @@ def triton_url(settings: TritonSettings) -> Iterator[str]:
     """The HTTP endpoint (``host:port``) models are served from, for the duration of the block.
 
     ``settings.url`` set: that endpoint, as is (production; nothing is started).
-    ``settings.url`` None: a :class:`LocalTriton` over ``settings.model_repository``,
+    ``settings.url`` None: a :class:`LocalTriton` over the settings' model repository,
     stopped when the block ends.
     """
     if settings.url:
