@@ -23,6 +23,7 @@ from contract.errors import InvalidArgumentError, NotFoundError
 from contract.keys import EntityCodec, KeyType
 from contract.registry import Registry
 from contract.settings import Settings
+from contract.topics import TopicKind, topic_name
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT64,
@@ -58,7 +59,7 @@ class Bound:
     key_length: int
     value_type: str
     changelog_topic: str
-    dlq_topic: str
+    dlq_topic: str  # the galaxy's dead-letter topic, shared with the ingester
     input_topic: str  # the content topic, or the galaxy's changelog for joins
     producer: str
     imports: tuple[str, ...]  # modules that define the registry's value types
@@ -141,7 +142,7 @@ def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: 
         key_length=galaxy.codec.length,
         value_type=spec.value_type,
         changelog_topic=changelog,
-        dlq_topic=kafka.topic(settings.compute.dlq_topic, galaxy.name),
+        dlq_topic=topic_name(kafka, TopicKind.DLQ, galaxy.name),
         input_topic=input_topic,
         producer=producer,
         imports=registry.imports,

@@ -5,7 +5,9 @@ both call these functions, so a plugin behaves the same in a test and on a clust
 decoding, retries, output checks, the record and envelope written, the dead letter.
 
 A *sink row* is ``(topic, key, value)``: the changelog or dead-letter topic, the entity's
-canonical bytes, and a serialized ``gss.v1.SignalRecord`` or ``gss.v1.DeadLetter``.
+canonical bytes (a dead letter of an input without a known entity: empty), and a serialized
+``gss.v1.SignalRecord`` or ``gss.v1.DeadLetter`` (:mod:`contract.deadletter`, the format the
+ingester writes to the same topic).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -22,7 +24,8 @@ from google.protobuf.message import DecodeError, Message
 
 from compute.binding import Bound
 from compute.plugin import Inputs, Retry, Sliding, Tumbling
-from contract.v1 import compute_pb2, envelope_pb2
+from contract import deadletter
+from contract.v1 import envelope_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +33,7 @@ SinkRow = tuple[str, bytes, bytes]
 # Counts what happened to a plugin's records: tally(counter_name, amount).
 Tally = Callable[[str, int], None]
 
-Reason = compute_pb2.DeadLetter.Reason
+Reason = deadletter.Reason
 
 # Counter names, shared by the harness's metrics and Flink's (docs/compute.md lists them).
 INPUTS = "inputs_total"
@@ -173,22 +176,24 @@ def dead_letter(
     attempts: int = 0,
     input_topic: str | None = None,
 ) -> SinkRow:
-    """The dead-letter row for an input the plugin could not turn into a value."""
-    letter = compute_pb2.DeadLetter(
-        reason=reason,  # type: ignore[arg-type]
+    """The dead-letter row for an input the plugin could not turn into a value.
+
+    The input's partition, offset, key, headers and Kafka timestamp stay unset: PyFlink's
+    Kafka source hands the job record values only (``set_value_only_deserializer``).
+    """
+    letter = deadletter.build(
+        reason,
         galaxy=bound.galaxy,
-        signal=envelope_pb2.SignalRef(name=bound.plugin.name, version=bound.plugin.version),
-        entity_id=bound.codec.to_text(entity) if entity else "",
-        error_type=type(error).__name__ if error is not None else "",
-        error=str(error)[:4096] if error is not None else "",
-        attempts=attempts,
+        producer=bound.producer,
         input_topic=input_topic or bound.input_topic,
         input=payload,
-        producer=bound.producer,
+        error=error,
+        attempts=attempts,
+        signal=envelope_pb2.SignalRef(name=bound.plugin.name, version=bound.plugin.version),
+        entity_id=bound.codec.to_text(entity) if entity else "",
+        event_time_ms=event_ms,
+        failed_at_ms=now_ms(),
     )
-    if event_ms is not None:
-        letter.event_time.FromMilliseconds(event_ms)
-    letter.failed_at.FromMilliseconds(now_ms())
     log.warning(
         "dead_letter",
         signal=bound.ref,
@@ -198,7 +203,7 @@ def dead_letter(
         error=letter.error[:200],
         attempts=attempts,
     )
-    return bound.dlq_topic, entity or b"", letter.SerializeToString()
+    return bound.dlq_topic, deadletter.kafka_key(entity, None) or b"", deadletter.serialize(letter)
 
 
 def finish(
@@ -344,12 +349,17 @@ def extract(
     return event, outcome.value, []
 
 
+def millis(delta: timedelta) -> int:
+    """Whole milliseconds of a duration, exactly (float seconds would turn 8.081 s into 8080)."""
+    return delta // timedelta(milliseconds=1)
+
+
 def window_starts(window: Tumbling | Sliding, event_ms: int) -> list[int]:
     """Starts of the windows an event time falls in, as Flink's assigners compute them."""
-    size = int(window.size.total_seconds() * 1000)
+    size = millis(window.size)
     if isinstance(window, Tumbling):
         return [event_ms - (event_ms % size)]
-    slide = int(window.slide.total_seconds() * 1000)
+    slide = millis(window.slide)
     last = event_ms - (event_ms % slide)
     return list(range(last, event_ms - size, -slide))
 

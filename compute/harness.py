@@ -12,6 +12,9 @@ moves after every event (Flink emits it periodically, so an event Flink still co
 time may already be late here), everything runs in order in one thread, and join state
 expires by the harness's ``clock``. ``gss signal test`` and the ``signal_harness`` pytest
 fixture (:mod:`compute.testing`) are thin layers over this class.
+
+Settings are the caller's: ``LocalHarness(plugins, settings=load_settings())`` to honour
+``GSS_*`` variables; without ``settings`` the built-in defaults (the example registry).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from compute.binding import Bound, bind
 from compute.execution import SinkRow
 from compute.inference import Submitter
 from compute.plugin import Inputs, Plugin, Shape
+from contract import deadletter
 from contract.errors import InvalidArgumentError
 from contract.registry import Registry, load_registry
-from contract.settings import Settings, load_settings
-from contract.v1 import compute_pb2, envelope_pb2
+from contract.settings import Settings, default_settings
+from contract.v1 import dead_letter_pb2, envelope_pb2
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Output:
     topic: str
     key: bytes
     record: envelope_pb2.SignalRecord | None = None
-    dead_letter: compute_pb2.DeadLetter | None = None
+    dead_letter: dead_letter_pb2.DeadLetter | None = None
 
 
 @dataclass
@@ -66,7 +70,7 @@ class LocalHarness:
         models: Submitter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings or load_settings()
+        self.settings = settings or default_settings()
         self.registry = registry or load_registry(self.settings.registry_path)
         self.bounds = bind(plugins, self.registry, self.settings)
         self.models = models
@@ -135,7 +139,7 @@ class LocalHarness:
         return [o.record for o in self.outputs if o.record is not None]
 
     @property
-    def dead_letters(self) -> list[compute_pb2.DeadLetter]:
+    def dead_letters(self) -> list[dead_letter_pb2.DeadLetter]:
         return [o.dead_letter for o in self.outputs if o.dead_letter is not None]
 
     def values(self, galaxy: str, entity_id: str | int | bytes, signal: str) -> list[Message]:
@@ -187,9 +191,7 @@ class LocalHarness:
         while pending:
             topic, key, value = pending.pop(0)
             if any(b.dlq_topic == topic for b in self.bounds):
-                self.outputs.append(
-                    Output(topic, key, dead_letter=compute_pb2.DeadLetter.FromString(value))
-                )
+                self.outputs.append(Output(topic, key, dead_letter=deadletter.parse(value)))
                 continue
             self.outputs.append(
                 Output(topic, key, record=envelope_pb2.SignalRecord.FromString(value))
@@ -206,7 +208,7 @@ class LocalHarness:
             if self.models is None:
                 raise InvalidArgumentError(
                     f"{bound.ref} calls model {plugin.model!r}: pass models=<a model client> "
-                    "(compute.inference.connect(url) for a Triton server)"
+                    "(compute.inference.connect(settings.triton) for a Triton server)"
                 )
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
@@ -322,7 +324,7 @@ class LocalHarness:
 
 
 def _ms(delta: Any) -> int:
-    return int(delta.total_seconds() * 1000)
+    return execution.millis(delta)
 
 
 def read_events(

@@ -22,9 +22,10 @@ from google.protobuf.message import Message
 
 from compute.execution import ms_of
 from compute.harness import LocalHarness
+from contract import deadletter
 from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from contract.settings import Settings
-from contract.v1 import compute_pb2, envelope_pb2
+from contract.v1 import dead_letter_pb2, envelope_pb2
 
 WAIT_SECONDS = 60.0
 
@@ -68,7 +69,7 @@ class Runner:
         """Every signal record written so far, in changelog order per partition."""
         raise NotImplementedError
 
-    def dead_letters(self) -> list[compute_pb2.DeadLetter]:
+    def dead_letters(self) -> list[dead_letter_pb2.DeadLetter]:
         raise NotImplementedError
 
     def settle(self) -> None:
@@ -130,8 +131,10 @@ class Runner:
         return self.wait_for(f"{galaxy}/{entity_id} {signal}", check, timeout)
 
     def wait_dead_letter(
-        self, predicate: Callable[[compute_pb2.DeadLetter], bool], timeout: float = WAIT_SECONDS
-    ) -> compute_pb2.DeadLetter:
+        self,
+        predicate: Callable[[dead_letter_pb2.DeadLetter], bool],
+        timeout: float = WAIT_SECONDS,
+    ) -> dead_letter_pb2.DeadLetter:
         def check() -> Any:
             return next((d for d in self.dead_letters() if predicate(d)), None)
 
@@ -159,7 +162,7 @@ class HarnessRunner(Runner):
     def records(self) -> list[envelope_pb2.SignalRecord]:
         return self.harness.records
 
-    def dead_letters(self) -> list[compute_pb2.DeadLetter]:
+    def dead_letters(self) -> list[dead_letter_pb2.DeadLetter]:
         return self.harness.dead_letters
 
 
@@ -182,6 +185,7 @@ class TopicReader:
         )
         self._lock = threading.Lock()
         self.by_topic: dict[str, list[bytes]] = defaultdict(list)
+        self.keys_by_topic: dict[str, list[bytes | None]] = defaultdict(list)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="compute-tests-reader", daemon=True)
         self._thread.start()
@@ -193,10 +197,16 @@ class TopicReader:
                 continue
             with self._lock:
                 self.by_topic[message.topic()].append(message.value())
+                self.keys_by_topic[message.topic()].append(message.key())
 
     def read(self, topic: str) -> list[bytes]:
         with self._lock:
             return list(self.by_topic.get(topic, ()))
+
+    def read_keyed(self, topic: str) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) of each record read from ``topic``."""
+        with self._lock:
+            return list(zip(self.keys_by_topic[topic], self.by_topic[topic], strict=True))
 
     def close(self) -> None:
         self._stop.set()
@@ -216,16 +226,18 @@ class FlinkRunner(Runner):
         from confluent_kafka import Producer
 
         from clients.lookup import GssClient
-        from gss.local.generator import producer_config
+        from contract.kafka import producer_config
 
         self.settings = settings
         self.registry = registry
         self.reader = reader
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer(
+            producer_config(settings.kafka, "compute-tests", delivery_timeout_seconds=30.0)
+        )
         self._gss = GssClient(gss_target)
         kafka = settings.kafka
         self._changelogs = [kafka.topic(kafka.changelog_topic, g) for g in registry.galaxies]
-        self._dlqs = [kafka.topic(settings.compute.dlq_topic, g) for g in registry.galaxies]
+        self._dlqs = [kafka.topic(kafka.dlq_topic, g) for g in registry.galaxies]
 
     def latest(self, galaxy: str, entity_id: str | int | bytes, signal: str) -> Message | None:
         """What GSS serves for the entity's signal now (GetSignals)."""
@@ -248,10 +260,9 @@ class FlinkRunner(Runner):
             for v in self.reader.read(t)
         ]
 
-    def dead_letters(self) -> list[compute_pb2.DeadLetter]:
-        return [
-            compute_pb2.DeadLetter.FromString(v) for t in self._dlqs for v in self.reader.read(t)
-        ]
+    def dead_letters(self) -> list[dead_letter_pb2.DeadLetter]:
+        """Every dead letter on the galaxies' DLQs: the compute job's and the ingester's."""
+        return [deadletter.parse(v) for t in self._dlqs for v in self.reader.read(t)]
 
     def settle(self) -> None:
         time.sleep(2.0)
@@ -269,12 +280,12 @@ def load_test_registry(path: Path) -> Registry:
 
 
 def all_topics(settings: Settings, registry: Registry, extra: Iterable[str] = ()) -> dict[str, int]:
-    """Changelog and compute dead-letter topics of every galaxy (and ``extra``)."""
+    """Changelog and dead-letter topics of every galaxy (and ``extra``)."""
     kafka = settings.kafka
     topics = {}
     for galaxy in registry:
         topics[kafka.topic(kafka.changelog_topic, galaxy.name)] = galaxy.partitions
-        topics[kafka.topic(settings.compute.dlq_topic, galaxy.name)] = galaxy.partitions
+        topics[kafka.topic(kafka.dlq_topic, galaxy.name)] = galaxy.partitions
     for topic in extra:
         topics[topic] = 1
     return topics

@@ -64,8 +64,9 @@ def ensure_topics(
 ) -> None:
     """Create the topics the job reads and writes, if missing.
 
-    The galaxies' own topics through :func:`contract.topics.ensure_topics`; content topics
-    and the compute dead-letter topics here, with the galaxy's partition count. The sources
+    The galaxies' own topics (changelog, availability, dead letters) through
+    :func:`contract.topics.ensure_topics`; content topics here, with the galaxy's partition
+    count. The sources
     only see topics that exist when they look (then every 10 s), so the job creates them
     before it starts. Nothing is created when ``kafka.create_topics`` is off.
     """
@@ -85,8 +86,7 @@ def ensure_topics(
     wanted: dict[str, int] = {}
     for bound in bounds:
         partitions = registry.galaxy(bound.galaxy).partitions
-        for topic in (bound.input_topic, bound.dlq_topic):
-            wanted[topic] = max(wanted.get(topic, 1), partitions)
+        wanted[bound.input_topic] = max(wanted.get(bound.input_topic, 1), partitions)
     admin = AdminClient(admin_config(kafka))
     existing = set(admin.list_topics(timeout=timeout_seconds).topics)
     missing = [

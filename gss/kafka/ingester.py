@@ -3,7 +3,7 @@
 One consumer reads every partition of every galaxy's changelog with explicit ``assign()``
 (no consumer group: each GSS replica materialises its partitions on its own), starting from
 the offsets stored in RocksDB, not from offsets committed to Kafka. Each batch of records
-becomes ONE :meth:`gss.kafka.outbox.Outbox.apply` call: the values that win, their
+becomes ONE :meth:`gss.kafka.outbox.Outbox.apply_with_events` call: the values that win, their
 availability events, the dead letters of the batch and the next offsets of every partition it
 touched are one WriteBatch. After a crash the ingester resumes exactly after the last batch
 that was committed: nothing applied twice, nothing skipped.
@@ -15,6 +15,7 @@ their offsets advance with everything else and the partition never stalls.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 
+from contract import deadletter, headers
+from contract.deadletter import Reason
 from contract.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from contract.kafka import admin_config, consume_available, consumer_config
 from contract.registry import GalaxySpec, Registry
@@ -40,7 +43,6 @@ from contract.settings import KafkaSettings
 from contract.topics import (
     TopicKind,
     ensure_topics,
-    header_items,
     position_of,
     topic_ids,
     topic_name,
@@ -56,7 +58,7 @@ from gss.kafka.meta import (
     parse_offset_entry,
     topic_id_key,
 )
-from gss.kafka.outbox import RECORD_CONTENT_TYPE, Outbox
+from gss.kafka.outbox import Outbox
 from gss.writes import now_us, to_write
 from store.db import SignalStore, Write
 
@@ -64,12 +66,23 @@ log = structlog.get_logger(__name__)
 
 
 class DeadLetter(Exception):
-    """A changelog record that can never be applied, and why (``reason`` is a short code)."""
+    """A changelog record that can never be applied: why (a ``contract.deadletter.Reason``),
+    the underlying error's type, and the record when it decoded (its signal, entity and event
+    time go into the dead letter)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(
+        self,
+        reason: int,
+        detail: str,
+        *,
+        error_type: str = "",
+        record: envelope_pb2.SignalRecord | None = None,
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.error_type = error_type
+        self.record = record
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,57 +111,76 @@ def decode_record(
     """Validate one changelog record into a store write; raises :class:`DeadLetter`."""
     raw = msg.value()
     if not raw:
-        raise DeadLetter("empty", "the record has no value")
+        raise DeadLetter(Reason.EMPTY, "the record has no value")
     try:
         record = envelope_pb2.SignalRecord.FromString(raw)
     except DecodeError as exc:
-        raise DeadLetter("undecodable", f"not a gss.v1.SignalRecord: {exc}") from None
+        raise DeadLetter(
+            Reason.UNDECODABLE,
+            f"not a gss.v1.SignalRecord: {exc}",
+            error_type=type(exc).__name__,
+        ) from None
     if record.galaxy != galaxy.name:
         raise DeadLetter(
-            "wrong_galaxy",
+            Reason.WRONG_GALAXY,
             f"the record names galaxy {record.galaxy!r} but is on the changelog of {galaxy.name!r}",
+            record=record,
         )
     topic, partition, offset = position_of(msg)
     position = envelope_pb2.ChangelogPosition(topic=topic, partition=partition, offset=offset)
     try:
         write = to_write(registry, record, write_time_us=write_time_us, position=position)
     except NotFoundError as exc:
-        raise DeadLetter("unknown_signal", str(exc)) from None
+        raise DeadLetter(
+            Reason.UNKNOWN_SIGNAL, str(exc), error_type=type(exc).__name__, record=record
+        ) from None
     except InvalidArgumentError as exc:
-        reason = "invalid"
+        reason = Reason.INVALID_RECORD
         try:
             spec = galaxy.signal(record.signal.name, record.signal.version)
             if record.value.type_url != spec.type_url:
-                reason = "wrong_type"
+                reason = Reason.WRONG_TYPE
         except NotFoundError:
             pass
-        raise DeadLetter(reason, str(exc)) from None
+        raise DeadLetter(reason, str(exc), error_type=type(exc).__name__, record=record) from None
     entity = write.key[: galaxy.codec.length]
     key = msg.key()
     if key != entity:
         got = key.hex() if key is not None else "none"
         raise DeadLetter(
-            "key_mismatch",
+            Reason.KEY_MISMATCH,
             f"the Kafka key ({got}) is not the canonical bytes of entity {record.entity_id!r} "
             f"({entity.hex()}); producers must key records by entity so per-entity order holds",
+            record=record,
         )
     return write
 
 
-def dead_letter_entry(galaxy: str, msg: Message, error: DeadLetter) -> OutboxEntry:
-    topic, partition, offset = position_of(msg)
-    headers: list[tuple[str, bytes]] = [
-        ("gss-dlq-reason", error.reason.encode()),
-        ("gss-dlq-error", error.detail.encode()[:4096]),
-        ("gss-source-topic", topic.encode()),
-        ("gss-source-partition", str(partition).encode()),
-        ("gss-source-offset", str(offset).encode()),
-        ("gss-source-timestamp-ms", str(msg.timestamp()[1]).encode()),
-        ("content-type", RECORD_CONTENT_TYPE),
-    ]
-    for name, value in header_items(msg):
-        headers.append((name, value))
-    return OutboxEntry(EntryKind.DLQ, galaxy, msg.key(), msg.value() or b"", tuple(headers))
+def dead_letter_entry(galaxy: GalaxySpec, msg: Message, error: DeadLetter) -> OutboxEntry:
+    """The outbox entry of a record's dead letter (contract/deadletter.py: the record as read,
+    its position, the reason and error), keyed by the record's entity when it names one of
+    ``galaxy``, else by the record's own key."""
+    entity = None
+    record = error.record
+    if record is not None and record.galaxy == galaxy.name:
+        with contextlib.suppress(ValueError):
+            entity = galaxy.codec.to_bytes(record.entity_id)
+    letter = deadletter.from_record(
+        msg,
+        error.reason,
+        galaxy=galaxy.name,
+        error=error.detail,
+        error_type=error.error_type,
+        record=record,
+        entity_id=galaxy.codec.to_text(entity) if entity else "",
+    )
+    return OutboxEntry(
+        EntryKind.DLQ,
+        galaxy.name,
+        deadletter.kafka_key(entity, msg.key()),
+        deadletter.serialize(letter),
+        ((headers.CONTENT_TYPE, deadletter.CONTENT_TYPE),),
+    )
 
 
 class Ingester:
@@ -370,17 +402,18 @@ class Ingester:
                 oldest[galaxy.name] = min(ts, oldest.get(galaxy.name, ts))
                 newest[galaxy.name] = max(ts, newest.get(galaxy.name, ts))
             except DeadLetter as exc:
-                dead.append(dead_letter_entry(galaxy.name, msg, exc))
-                dead_counts[(galaxy.name, exc.reason)] += 1
+                dead.append(dead_letter_entry(galaxy, msg, exc))
+                reason = deadletter.reason_label(exc.reason)
+                dead_counts[(galaxy.name, reason)] += 1
                 log.warning(
                     "changelog_record_dead_lettered",
                     galaxy=galaxy.name,
-                    reason=exc.reason,
+                    reason=reason,
                     error=exc.detail,
                     changelog_position=f"{topic}:{partition}:{offset}",
                 )
         meta = {offset_key(t, p): encode_offset(o) for (t, p), o in next_offsets.items()}
-        result = self.outbox.apply(writes, meta=meta, dead_letters=dead)
+        result = self.outbox.apply_with_events(writes, meta=meta, dead_letters=dead)
         committed = time.time()
         with self._applied_cond:
             self._next.update(next_offsets)

@@ -28,9 +28,10 @@ from compute.flink import gateway
 from compute.flink.run import ComputeJob
 from compute.harness import LocalHarness
 from compute.plugin import Plugin
+from contract import deadletter
+from contract.deadletter import Reason
 from contract.registry import load_registry
 from contract.settings import load_settings
-from contract.v1 import compute_pb2
 from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
 from contract.v1.signals_pb2 import DHash, NearDuplicate, WindowedCount
 from gss.local.generator import ContentGenerator
@@ -51,7 +52,6 @@ cloudpickle.register_pickle_by_value(test_plugins)
 
 EXAMPLES: list[Plugin] = [dominant_colors, dhash, near_duplicate_of, save_count_1h]
 PLUGINS = EXAMPLES + test_plugins.PLUGINS
-Reason = compute_pb2.DeadLetter.Reason
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -349,6 +349,62 @@ def test_undecodable_content_is_dead_lettered_per_plugin(runner: Runner) -> None
     event = ContentGenerator(seed=303).next_image(T0)[2]
     runner.send("content.images", [event], key=image_key)
     runner.wait_latest("images", event.image_signature, "dhash@1")  # type: ignore[attr-defined]
+
+
+def test_ingester_and_compute_dead_letters_share_one_topic_and_format(
+    flink_runner: FlinkRunner,
+) -> None:
+    """gss.images.dlq holds the compute job's dead letters and the GSS ingester's alike, and
+    one function reads both: a content event no plugin can decode (BAD_INPUT, from Flink) and
+    a changelog record naming an unregistered signal (UNKNOWN_SIGNAL, from the ingester)."""
+    from clients.lookup import make_record
+
+    settings = flink_runner.settings
+    kafka = settings.kafka
+    dlq = kafka.topic(kafka.dlq_topic, "images")
+    changelog = kafka.topic(kafka.changelog_topic, "images")
+    content = b"\xff\x01 not an ImageEvent either"
+    entity = bytes(range(16))
+    record = make_record("images", entity.hex(), "dhash@1", DHash(hash=1), event_time=T0)
+    record.signal.name = "no_such_signal"
+    producer = f"flink:{settings.compute.job_name}"
+    flink_runner._producer.produce("content.images", key=b"junk-2", value=content)
+    flink_runner._producer.produce(changelog, key=entity, value=record.SerializeToString())
+    flink_runner._producer.flush(10)
+
+    def letters() -> list[tuple[bytes | None, deadletter.DeadLetter]]:
+        # One parser for every record on the topic, whoever wrote it.
+        return [
+            (key, letter)
+            for key, letter in (
+                (k, deadletter.parse(v)) for k, v in flink_runner.reader.read_keyed(dlq)
+            )
+            if letter.input in (content, record.SerializeToString())
+        ]
+
+    def counts() -> list[int]:
+        found = [d.producer for _, d in letters()]
+        return [found.count(producer), found.count(deadletter.INGESTER)]
+
+    flink_runner.wait_for("two compute and one ingester dead letter", lambda: counts() == [2, 1])
+    computed = [d for _, d in letters() if d.producer == producer]
+    assert sorted(d.signal.name for d in computed) == ["dhash", "dominant_colors"]
+    assert {(d.reason, d.input_topic, d.galaxy) for d in computed} == {
+        (Reason.BAD_INPUT, "content.images", "images")
+    }
+    assert all(not d.HasField("input_offset") for d in computed)  # PyFlink gives values only
+    ((key, ingested),) = [(k, d) for k, d in letters() if d.producer == deadletter.INGESTER]
+    assert (ingested.reason, ingested.error_type) == (Reason.UNKNOWN_SIGNAL, "NotFoundError")
+    assert "no_such_signal" in ingested.error
+    assert (ingested.input_topic, ingested.input_key, ingested.galaxy) == (
+        changelog,
+        entity,
+        "images",
+    )
+    assert ingested.HasField("input_partition")
+    assert ingested.HasField("input_offset")
+    assert ingested.entity_id == entity.hex()
+    assert key == entity
 
 
 def test_records_survive_a_python_worker_crash(flink_runner: FlinkRunner) -> None:

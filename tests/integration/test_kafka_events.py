@@ -18,6 +18,7 @@ from kafka_support import Collector, kafka_overrides, produce
 
 from clients.lookup import GssClient, make_record
 from clients.subscriber import Subscriber
+from contract import deadletter
 from contract.registry import Registry
 from contract.v1 import envelope_pb2, signal_service_pb2, signals_pb2
 from contract.v1.signal_service_pb2_grpc import SignalServiceStub
@@ -121,7 +122,8 @@ def test_garbage_is_dead_lettered_and_the_partition_flows(
     server: GssServer, registry: Registry
 ) -> None:
     """Undecodable and invalid records between good ones (same key, so the same partition)
-    go to the DLQ with their reason in headers; the good records after them are applied."""
+    go to the DLQ as gss.v1.DeadLetter values (reason, error, source position, the record as
+    written); the good records after them are applied."""
     kafka = server.settings.kafka
     key = bytes.fromhex(image_id(1))
     wrong = dhash_record(1, 5)
@@ -150,17 +152,32 @@ def test_garbage_is_dead_lettered_and_the_partition_flows(
     consumer.assign(
         [TopicPartition(dlq, p, -2) for p in range(registry.galaxy("images").partitions)]
     )
-    reasons: list[bytes] = []
+    letters = []
     deadline = time.monotonic() + 30
     try:
-        while len(reasons) < 2 and time.monotonic() < deadline:
+        while len(letters) < 2 and time.monotonic() < deadline:
             for msg in consumer.consume(10, 0.5):
                 if msg.error() is None:
-                    reasons.append(dict(msg.headers())["gss-dlq-reason"])
+                    letters.append(deadletter.parse(msg.value()))
                     assert msg.key() == key
     finally:
         consumer.close()
-    assert sorted(reasons) == [b"undecodable", b"unknown_signal"]
+    garbage, unknown = sorted(letters, key=lambda d: d.input_offset)
+    assert (garbage.reason, unknown.reason) == (
+        deadletter.Reason.UNDECODABLE,
+        deadletter.Reason.UNKNOWN_SIGNAL,
+    )
+    assert garbage.input == b"\x00\xffnot protobuf"
+    assert unknown.input == wrong.SerializeToString()
+    assert "not a gss.v1.SignalRecord" in garbage.error
+    assert "nope" in unknown.error
+    changelog = kafka.topic(kafka.changelog_topic, "images")
+    assert {(d.input_topic, d.input_key, d.producer) for d in letters} == {
+        (changelog, key, deadletter.INGESTER)
+    }
+    assert garbage.input_partition == unknown.input_partition
+    assert unknown.input_offset == garbage.input_offset + 1
+    assert (unknown.entity_id, unknown.signal.name) == (image_id(1), "nope")
 
 
 def _watch(

@@ -20,8 +20,8 @@ from compute.examples.images.dominant_colors import dominant_colors
 from compute.examples.images.embedding import embedding
 from compute.examples.pins.save_count_1h import save_count_1h
 from compute.harness import LocalHarness, output_json, read_events
+from contract.deadletter import Reason
 from contract.errors import InvalidArgumentError
-from contract.v1 import compute_pb2
 from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
 from contract.v1.signals_pb2 import DHash, DominantColors, WeightedColor
 from gss.cli import main
@@ -30,7 +30,6 @@ from gss.local.generator import ContentGenerator, write_jsonl
 pytest_plugins = ["compute.testing"]
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-Reason = compute_pb2.DeadLetter.Reason
 IMAGES = Source(topic="content.images", schema=ImageEvent, entity="image_signature")
 
 
@@ -141,7 +140,7 @@ def test_plugin_errors_are_retried_then_dead_lettered_with_the_input(signal_harn
     event = two_colour_image()
     (output,) = harness.send("content.images", event)
     letter = output.dead_letter
-    assert output.topic == "gss.images.compute-dlq"
+    assert output.topic == "gss.images.dlq"
     assert (letter.reason, letter.attempts, letter.error_type) == (
         Reason.PLUGIN_ERROR,
         2,
@@ -150,6 +149,12 @@ def test_plugin_errors_are_retried_then_dead_lettered_with_the_input(signal_harn
     assert letter.error == "cannot hash 48 bytes"
     assert ImageEvent.FromString(letter.input) == event
     assert letter.entity_id == event.image_signature.hex()
+    assert output.key == event.image_signature  # keyed by the entity
+    assert (letter.input_topic, letter.producer) == ("content.images", "flink:gss-compute")
+    # PyFlink's source gives the job values only: the input's position and key stay unset.
+    assert not letter.HasField("input_partition")
+    assert not letter.HasField("input_offset")
+    assert not letter.HasField("input_key")
     assert harness.metrics[("images/dhash@1", "retries_total")] == 1
 
 

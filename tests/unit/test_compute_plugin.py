@@ -206,7 +206,8 @@ def test_bind_reports_every_mismatch_with_the_registry(registry: Registry) -> No
 
 
 def test_bind_resolves_topics_and_types(registry: Registry) -> None:
-    """A bound plugin knows its changelog, compute DLQ, value type and producer."""
+    """A bound plugin knows its changelog, its galaxy's DLQ (the ingester's too), value type
+    and producer."""
     settings = load_settings(compute={"job_name": "j"})
     plugin = signal(
         galaxy="images", name="near_duplicate_of", version=1, join=Join(inputs=("dhash@1",))
@@ -214,7 +215,7 @@ def test_bind_resolves_topics_and_types(registry: Registry) -> None:
     (bound,) = bind([plugin], registry, settings)
     assert (bound.changelog_topic, bound.dlq_topic, bound.input_topic) == (
         "gss.images.changelog",
-        "gss.images.compute-dlq",
+        "gss.images.dlq",
         "gss.images.changelog",
     )
     assert bound.value_type == "gss.v1.NearDuplicate"

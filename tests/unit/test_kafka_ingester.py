@@ -7,10 +7,18 @@ import pytest
 from confluent_kafka import Message
 from helpers import count_record, dhash_record, image_id
 
+from contract import deadletter
+from contract.deadletter import Reason
 from contract.registry import Registry
 from contract.settings import KafkaSettings
 from contract.v1 import envelope_pb2, signals_pb2
-from gss.kafka.ingester import DeadLetter, Ingester, decode_record, stored_offsets
+from gss.kafka.ingester import (
+    DeadLetter,
+    Ingester,
+    dead_letter_entry,
+    decode_record,
+    stored_offsets,
+)
 from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry
 from gss.kafka.outbox import Outbox
 from store.db import SignalStore
@@ -41,7 +49,7 @@ def message(
     )
 
 
-def _reason(registry: Registry, msg: Message) -> str:
+def _reason(registry: Registry, msg: Message) -> int:
     with pytest.raises(DeadLetter) as caught:
         decode_record(registry.galaxy("images"), registry, msg, 1)
     return caught.value.reason
@@ -57,13 +65,13 @@ def test_malformed_records_are_classified(registry: Registry) -> None:
     no_time = dhash_record(1, 1)
     no_time.envelope.ClearField("event_time")
     pins = count_record(5, 1)
-    assert _reason(registry, message(b"\xff\xff garbage", 0, key=b"x")) == "undecodable"
-    assert _reason(registry, message(b"", 0, key=b"x")) == "empty"
-    assert _reason(registry, message(pins, 0, key=b"k")) == "wrong_galaxy"
-    assert _reason(registry, message(unknown, 0)) == "unknown_signal"
-    assert _reason(registry, message(wrong_type, 0)) == "wrong_type"
-    assert _reason(registry, message(no_time, 0)) == "invalid"
-    assert _reason(registry, message(good, 0, key=b"not the entity")) == "key_mismatch"
+    assert _reason(registry, message(b"\xff\xff garbage", 0, key=b"x")) == Reason.UNDECODABLE
+    assert _reason(registry, message(b"", 0, key=b"x")) == Reason.EMPTY
+    assert _reason(registry, message(pins, 0, key=b"k")) == Reason.WRONG_GALAXY
+    assert _reason(registry, message(unknown, 0)) == Reason.UNKNOWN_SIGNAL
+    assert _reason(registry, message(wrong_type, 0)) == Reason.WRONG_TYPE
+    assert _reason(registry, message(no_time, 0)) == Reason.INVALID_RECORD
+    assert _reason(registry, message(good, 0, key=b"not the entity")) == Reason.KEY_MISMATCH
     write = decode_record(registry.galaxy("images"), registry, message(good, 7), 1)
     assert write.key.startswith(bytes.fromhex(image_id(1)))
 
@@ -71,8 +79,9 @@ def test_malformed_records_are_classified(registry: Registry) -> None:
 def test_a_batch_commits_values_dead_letters_and_offsets_together(
     store: SignalStore, registry: Registry
 ) -> None:
-    """Good records are applied, bad ones dead-lettered with reason and source headers, and
-    every partition's next offset (bad records included) is stored in the same batch."""
+    """Good records are applied, bad ones dead-lettered (a gss.v1.DeadLetter with the reason,
+    the error, the source position and the record as read), and every partition's next offset
+    (bad records included) is stored in the same batch."""
     outbox = Outbox(store, registry, KAFKA)
     ingester = Ingester(store, registry, KAFKA, outbox)
     batch = [
@@ -86,13 +95,41 @@ def test_a_batch_commits_values_dead_letters_and_offsets_together(
     entries = [OutboxEntry.decode(v) for _, v in store.scan_meta(OUTBOX_PREFIX)]
     assert [e.kind for e in entries].count(EntryKind.AVAILABLE) == 3
     (dead,) = [e for e in entries if e.kind is EntryKind.DLQ]
-    headers = dict(dead.headers)
-    assert headers["gss-dlq-reason"] == b"undecodable"
-    assert headers["gss-source-offset"] == b"1"
-    assert headers["origin"] == b"test"
-    assert dead.value == b"\xff\xff garbage"
+    letter = deadletter.parse(dead.value)
+    assert letter.reason == Reason.UNDECODABLE
+    assert letter.error.startswith("not a gss.v1.SignalRecord")
+    assert letter.error_type == "DecodeError"
+    assert (letter.input_topic, letter.input_partition, letter.input_offset) == (TOPIC, 0, 1)
+    assert [(h.key, h.value) for h in letter.input_headers] == [("origin", b"test")]
+    assert letter.input == b"\xff\xff garbage"
+    assert letter.input_key == b"x"
+    assert letter.input_timestamp.ToMilliseconds() == 1_700_000_000_000
+    assert (letter.galaxy, letter.producer, letter.attempts) == ("images", deadletter.INGESTER, 0)
+    assert dead.key == b"x"  # no entity known: the record's own key
+    assert dict(dead.headers) == {"content-type": deadletter.CONTENT_TYPE}
     assert ingester.stats.applied == 3
     assert ingester.stats.dead_lettered == 1
+
+
+def test_a_dead_letter_names_what_the_record_decoded_to(registry: Registry) -> None:
+    """A record that decoded but cannot be applied: its dead letter names its signal, entity
+    and event time, and is keyed by the entity (not the wrong key it came with)."""
+    galaxy = registry.galaxy("images")
+    record = dhash_record(1, 1, seconds=5)
+    msg = message(record, 4, key=b"not the entity", partition=2)
+    with pytest.raises(DeadLetter) as caught:
+        decode_record(galaxy, registry, msg, 1)
+    entry = dead_letter_entry(galaxy, msg, caught.value)
+    letter = deadletter.parse(entry.value)
+    assert letter.reason == Reason.KEY_MISMATCH
+    assert "is not the canonical bytes of entity" in letter.error
+    assert (letter.signal.name, letter.signal.version) == ("dhash", record.signal.version)
+    assert letter.entity_id == image_id(1)
+    assert letter.event_time == record.envelope.event_time
+    assert (letter.input_partition, letter.input_offset) == (2, 4)
+    assert letter.input_key == b"not the entity"
+    assert envelope_pb2.SignalRecord.FromString(letter.input) == record
+    assert entry.key == bytes.fromhex(image_id(1))
 
 
 def test_a_batch_seen_twice_changes_nothing(store: SignalStore, registry: Registry) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from helpers import dhash_record, image_id
 
 from clients.lookup import make_record
+from contract import deadletter
 from contract.registry import Registry
 from contract.settings import KafkaSettings
 from contract.v1 import envelope_pb2, events_pb2, signals_pb2
@@ -37,12 +38,12 @@ def test_only_winning_writes_get_events(store: SignalStore, registry: Registry) 
     the same write stores nothing and announces nothing."""
     outbox = Outbox(store, registry, KafkaSettings())
     older, newer = dhash_record(1, 10, seconds=1), dhash_record(1, 20, seconds=2)
-    result = outbox.apply([_write(registry, older, 5), _write(registry, newer, 6)])
+    result = outbox.apply_with_events([_write(registry, older, 5), _write(registry, newer, 6)])
     assert result.applied == [False, True]
     (entry,) = [e for _, e in _entries(store)]
     event = events_pb2.SignalAvailable.FromString(entry.value)
     assert signals_pb2.DHash.FromString(event.value.value).hash == 20
-    again = outbox.apply([_write(registry, newer, 6)])
+    again = outbox.apply_with_events([_write(registry, newer, 6)])
     assert again.applied == [False]
     assert len(_entries(store)) == 1
     assert outbox.depth == 1
@@ -53,7 +54,7 @@ def test_event_fields(store: SignalStore, registry: Registry) -> None:
     carries a small inline value, and its Kafka key is the entity's canonical bytes."""
     outbox = Outbox(store, registry, KafkaSettings())
     record = dhash_record(7, 99, seconds=3, producer="flink:test")
-    outbox.apply([_write(registry, record, 41)])
+    outbox.apply_with_events([_write(registry, record, 41)])
     ((_, entry),) = _entries(store)
     assert entry.kind is EntryKind.AVAILABLE
     assert entry.galaxy == "images"
@@ -94,7 +95,7 @@ def test_values_stay_out_of_events_when_not_allowed_or_too_big(
             colors=[signals_pb2.WeightedColor(red=200, green=1, blue=2, weight=0.5)] * 3
         ),
     )
-    outbox.apply([_write(registry, r) for r in (embedding, small, big)])
+    outbox.apply_with_events([_write(registry, r) for r in (embedding, small, big)])
     events = {
         e.entity_id: e
         for e in (events_pb2.SignalAvailable.FromString(x.value) for _, x in _entries(store))
@@ -112,7 +113,9 @@ def test_event_ids_are_stable_and_distinct(tmp_path: Path, registry: Registry) -
     ids = []
     for name, offset in (("a", 10), ("b", 10), ("c", 11), ("d", None)):
         with SignalStore(tmp_path / name, list(registry.galaxies)) as store:
-            Outbox(store, registry, KafkaSettings()).apply([_write(registry, record, offset)])
+            Outbox(store, registry, KafkaSettings()).apply_with_events(
+                [_write(registry, record, offset)]
+            )
             ((_, entry),) = _entries(store)
             ids.append(events_pb2.SignalAvailable.FromString(entry.value).event_id)
     assert ids[0] == ids[1]
@@ -124,16 +127,28 @@ def test_dead_letters_and_offsets_commit_with_the_values(
 ) -> None:
     """Dead letters become outbox entries and meta (offsets) is written in the same apply."""
     outbox = Outbox(store, registry, KafkaSettings())
-    dead = OutboxEntry(
-        EntryKind.DLQ, "images", b"k", b"garbage", (("gss-dlq-reason", b"undecodable"),)
+    letter = deadletter.build(
+        deadletter.Reason.UNDECODABLE,
+        galaxy="images",
+        producer=deadletter.INGESTER,
+        input_topic="gss.images.changelog",
+        input=b"garbage",
     )
-    outbox.apply(
+    dead = OutboxEntry(
+        EntryKind.DLQ,
+        "images",
+        b"k",
+        deadletter.serialize(letter),
+        (("content-type", deadletter.CONTENT_TYPE),),
+    )
+    outbox.apply_with_events(
         [_write(registry, dhash_record(1, 1), 0)],
         meta={b"changelog_offset\x00x": b"1"},
         dead_letters=[dead],
     )
     kinds = [e.kind for _, e in _entries(store)]
     assert kinds == [EntryKind.AVAILABLE, EntryKind.DLQ]
+    assert _entries(store)[1][1] == dead
     assert store.get_meta(b"changelog_offset\x00x") == b"1"
 
 
@@ -142,14 +157,14 @@ def test_depth_and_sequences_survive_a_restart(tmp_path: Path, registry: Registr
     path = tmp_path / "store"
     with SignalStore(path, list(registry.galaxies)) as store:
         outbox = Outbox(store, registry, KafkaSettings())
-        outbox.apply([_write(registry, dhash_record(i, i)) for i in range(3)])
+        outbox.apply_with_events([_write(registry, dhash_record(i, i)) for i in range(3)])
         first = [k for k, _ in _entries(store)]
         outbox.removed(first[:1])
         assert outbox.depth == 2
     with SignalStore(path, list(registry.galaxies)) as store:
         outbox = Outbox(store, registry, KafkaSettings())
         assert outbox.depth == 2
-        outbox.apply([_write(registry, dhash_record(9, 9))])
+        outbox.apply_with_events([_write(registry, dhash_record(9, 9))])
         keys = [k for k, _ in _entries(store)]
         assert keys == sorted(keys)
         assert outbox_sequence(keys[-1]) > outbox_sequence(first[-1])
