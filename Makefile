@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test unit lint typecheck proto proto-check bench clean env
+.PHONY: run test unit lint typecheck imports proto proto-check bench clean env
 
 env:
 	@bash scripts/bootstrap.sh
@@ -12,8 +12,8 @@ env:
 run: env
 	$(BIN)/gss run
 
-## test: everything CI checks: generated code drift, ruff, mypy, the whole test suite
-test: env proto-check lint typecheck
+## test: everything CI checks: generated code drift, ruff, mypy, import layering, the whole test suite
+test: env proto-check lint typecheck imports
 	$(BIN)/pytest -q
 
 unit: env
@@ -25,6 +25,10 @@ lint: env
 
 typecheck: env
 	$(BIN)/mypy
+
+## imports: the layering of docs/architecture.md (contracts in pyproject.toml)
+imports: env
+	$(BIN)/lint-imports
 
 ## proto: regenerate contract/v1 from proto/
 proto: env

@@ -55,13 +55,14 @@ from compute.execution import run_map
 from compute.flink import gateway
 from compute.flink.run import ComputeJob, ensure_topics
 from contract import logs
+from contract.kafka import producer_config
 from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
 from contract.settings import Settings, load_settings
 from contract.v1 import envelope_pb2
 from contract.v1.content_pb2 import PinEngagementEvent
 from contract.v1.signals_pb2 import DHash
 from gss.local.broker import LocalBroker
-from gss.local.generator import ContentGenerator, producer_config
+from gss.local.generator import ContentGenerator
 
 TRIVIAL_TOPIC = "bench.trivial"
 WARM_UP_SECONDS = 3.0
@@ -233,7 +234,7 @@ def freshness(
     signals: tuple[str, ...] = ("dhash@1", "near_duplicate_of@1"),
 ) -> dict[str, list[float]]:
     """Produce images at ``rate``; poll GSS until each signal of each image is readable."""
-    producer = Producer(producer_config(settings))
+    producer = Producer(producer_config(settings.kafka, "gss-bench", delivery_timeout_seconds=30.0))
     generator = ContentGenerator(seed=99)
     pending: dict[str, tuple[float, set[str]]] = {}
     lock = threading.Lock()
@@ -349,7 +350,9 @@ def run(report_dir: Path) -> dict[str, Any]:
                 broker.bootstrap_servers,
                 {kafka.topic(kafka.changelog_topic, g.name): g.partitions for g in registry},
             )
-            producer = Producer(producer_config(settings))
+            producer = Producer(
+                producer_config(settings.kafka, "gss-bench", delivery_timeout_seconds=30.0)
+            )
             _produce(producer, trivial_items)
             counter.wait("trivial", trivial_count, timeout=600)
             trivial_rate = counter.rate("trivial", trivial_count)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from compute.triton import EXAMPLE_MODEL_REPOSITORY
 from compute.triton.client import ModelClient
-from contract.settings import TritonSettings
 from gss.local.triton import LocalTriton
 
 MODEL = "image_embedding"
@@ -103,7 +103,7 @@ def client_path(
 
 def run(report_dir: Path) -> dict[str, Any]:
     seconds = float(os.environ.get("GSS_BENCH_TRITON_SECONDS", "4"))
-    repository = TritonSettings().model_repository
+    repository = EXAMPLE_MODEL_REPOSITORY
     images = np.random.default_rng(0).integers(0, 256, size=(256, 32, 32, 3), dtype=np.uint8)
     raw = raw_numpy_rate(repository, images, seconds)
     result: dict[str, Any] = {

@@ -27,9 +27,10 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from clients.lookup import GssClient, SignalValue, decode_value, parse_signal_ref
+from contract import headers
+from contract.kafka import consume_available
+from contract.topics import AVAILABLE_TOPIC
 from contract.v1 import events_pb2
-
-DEFAULT_TOPIC = "gss.{galaxy}.available"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +61,6 @@ class Event:
         return decode_value(self.event.value) if self.event.HasField("value") else None
 
 
-def _header(msg: Message, wanted: str) -> bytes | None:
-    raw = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    for name, value in items:
-        if name == wanted:
-            return value.encode() if isinstance(value, str) else value
-    return None
-
-
 def _signal_test(signals: Iterable[str]) -> set[tuple[str, int]] | None:
     wanted = {(ref.name, ref.version) for ref in map(parse_signal_ref, signals)}
     return wanted or None
@@ -95,7 +87,7 @@ class Subscriber:
         dedupe_window: int = 100_000,
     ) -> None:
         self.galaxy = galaxy
-        self.topic = topic or DEFAULT_TOPIC.format(galaxy=galaxy)
+        self.topic = topic or AVAILABLE_TOPIC.format(galaxy=galaxy)
         self._wanted = _signal_test(signals)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
@@ -121,7 +113,7 @@ class Subscriber:
     def _accept(self, msg: Message) -> bool:
         if self._wanted is None:
             return True
-        header = _header(msg, "gss-signal")
+        header = headers.header_value(msg, headers.SIGNAL)
         if header is None:
             return False
         name, _, version = header.decode().partition("@")
@@ -137,12 +129,7 @@ class Subscriber:
         the events of the previous call as finished (their offsets get committed)."""
         self._mark_finished()
         events = []
-        msgs = self._consumer.consume(max_events, 0)
-        if not msgs:
-            # consume() alone would wait the whole timeout unless max_events are ready.
-            msgs = self._consumer.consume(1, timeout)
-            if msgs:
-                msgs.extend(self._consumer.consume(max_events - 1, 0))
+        msgs = consume_available(self._consumer, max_events, timeout)
         for msg in msgs:
             err = msg.error()
             if err is not None:

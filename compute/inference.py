@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from contract.settings import TritonSettings
 
 Tensor = npt.NDArray[Any]
 Item = Tensor | Mapping[str, Tensor]
@@ -65,10 +68,9 @@ class Model:
         return outputs
 
 
-def connect(url: str | None) -> Submitter:
-    """The process-wide batched Triton client for ``url`` (GSS_TRITON__URL by default)."""
+def connect(triton: TritonSettings, url: str | None = None) -> Submitter:
+    """A batched Triton client for ``url`` (``triton.url`` unless given), batching and retrying
+    as ``triton`` says."""
     from compute.triton.client import ModelClient
-    from contract.settings import load_settings
 
-    triton = load_settings().triton
     return ModelClient.from_settings(triton, url)

@@ -7,8 +7,9 @@ Enable it in a ``conftest.py`` with ``pytest_plugins = ["compute.testing"]``, th
         harness.send("content.images", event)
         assert harness.latest("images", event.image_signature, "dhash@1").hash == 0x...
 
-The harness uses the registry of the current settings (``GSS_REGISTRY_PATH`` to test
-against another). Model plugins need ``signal_harness(plugin, models=client)``.
+The fixture loads GSS's settings as every entry point does (``GSS_*`` variables,
+``GSS_CONFIG``), so ``GSS_REGISTRY_PATH`` points the harness at another registry; pass
+``settings=`` to choose them in code. Model plugins need ``signal_harness(plugin, models=client)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from compute.harness import LocalHarness
 from compute.plugin import Plugin
+from contract.settings import load_settings
 
 
 @pytest.fixture
@@ -28,6 +30,7 @@ def signal_harness() -> Iterator[Callable[..., LocalHarness]]:
     made: list[LocalHarness] = []
 
     def make(*plugins: Plugin, **options: Any) -> LocalHarness:
+        options.setdefault("settings", load_settings())
         harness = LocalHarness(list(plugins), **options)
         made.append(harness)
         return harness

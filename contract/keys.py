@@ -121,7 +121,14 @@ def signal_suffix(name: str, version: int) -> bytes:
 
 
 def store_key(entity: bytes, name: str, version: int) -> bytes:
+    """The store key of one signal of one entity."""
     return entity + signal_suffix(name, version)
+
+
+def store_keys(entities: Sequence[bytes], suffixes: Sequence[bytes]) -> list[bytes]:
+    """The store keys of every (entity, signal suffix) pair, entity-major: the cells of a
+    lookup row after row, in the order GetSignals answers them."""
+    return [entity + suffix for entity in entities for suffix in suffixes]
 
 
 def split_store_key(key: bytes, key_length: int) -> tuple[bytes, str, int]:

@@ -15,7 +15,9 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     """Route structlog and stdlib logging to stderr as JSON lines (or pretty on a terminal).
 
     Durations are logged in seconds under ``*_seconds`` keys; events use domain words
-    (galaxy, signal, entity_count, changelog_position, ...) as field names.
+    (galaxy, signal, entity_count, changelog_position, ...) as field names. The same set-up
+    serves the CLI, the server and Flink's Python workers (whose ``print`` takes no ``flush``,
+    so lines are written to the stream directly).
     """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -37,7 +39,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(

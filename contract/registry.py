@@ -21,9 +21,11 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from contract.errors import InvalidArgumentError, NotFoundError
-from contract.keys import SIGNAL_NAME, EntityCodec, KeyType, signal_suffix
+from contract.keys import SIGNAL_NAME, EntityCodec, KeyType, signal_suffix, store_keys
 
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
+# Where the generated Python modules of gss.v1 lived before the contract layer existed.
+_OLD_WIRE_PACKAGE = "gss.v1."
 NAME_PATTERN = SIGNAL_NAME.pattern
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -75,7 +77,12 @@ class SignalSpec(BaseModel):
 
     @cached_property
     def key_suffix(self) -> bytes:
+        """The part of this signal's store keys after the entity bytes."""
         return signal_suffix(self.name, self.version)
+
+    def store_key(self, entity: bytes) -> bytes:
+        """The store key of this signal's value for ``entity`` (canonical bytes)."""
+        return store_keys((entity,), (self.key_suffix,))[0]
 
     def pack(self, value: Message) -> any_pb2.Any:
         """Wrap a value of this signal's type in an Any, checking the type."""
@@ -178,7 +185,11 @@ class Registry(BaseModel):
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise ValueError(f"registry import {module!r} failed: {exc}") from exc
+                hint = ""
+                if module.startswith(_OLD_WIRE_PACKAGE):
+                    moved = "contract.v1." + module.removeprefix(_OLD_WIRE_PACKAGE)
+                    hint = f"; GSS's generated modules moved: import {moved!r} instead"
+                raise ValueError(f"registry import {module!r} failed: {exc}{hint}") from exc
         for galaxy in self.galaxies.values():
             for spec in galaxy.signals:
                 try:

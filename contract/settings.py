@@ -24,6 +24,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from contract.topics import AVAILABLE_TOPIC, CHANGELOG_TOPIC, DLQ_TOPIC
+
 
 class StoreSettings(BaseModel):
     """RocksDB: where it lives and how durable an acknowledged write is."""
@@ -59,9 +61,10 @@ class KafkaSettings(BaseModel):
 
     # None: no broker; PutSignals applies directly to the store.
     bootstrap_servers: str | None = None
-    changelog_topic: str = "gss.{galaxy}.changelog"
-    available_topic: str = "gss.{galaxy}.available"
-    dlq_topic: str = "gss.{galaxy}.dlq"
+    changelog_topic: str = CHANGELOG_TOPIC
+    available_topic: str = AVAILABLE_TOPIC
+    # Dead letters of the ingester and the compute job alike (contract/deadletter.py).
+    dlq_topic: str = DLQ_TOPIC
     # Passed through to librdkafka as is: security.protocol, sasl.*, ssl.* and the like.
     client_config: dict[str, str] = Field(default_factory=dict)
     # Values at most this large ride inline in availability events (signals that allow it).
@@ -94,7 +97,9 @@ class TritonSettings(BaseModel):
     # host:port of Triton's HTTP endpoint (KServe v2 protocol, port 8000; "https://host:port"
     # for TLS); None starts a local server in `gss run`.
     url: str | None = None
-    model_repository: Path = Path(__file__).resolve().parent.parent / "compute" / "models"
+    # Where the models are (a Triton model repository); None: the example repository shipped
+    # with GSS's compute package (compute.triton.model_repository resolves it).
+    model_repository: Path | None = None
     # Local server only: pick configs/<name>.pbtxt per model (e.g. "gpu"); None: config.pbtxt.
     model_config_name: str | None = None
     # Local server only: seconds to wait for every model to be READY.
@@ -129,9 +134,6 @@ class ComputeSettings(BaseModel):
     # Names the Flink job; also its Kafka consumer group, the envelopes' producer
     # ("flink:<job_name>") and the prefix of its Kafka transactional ids.
     job_name: str = "gss-compute"
-    # Dead letters of the plugins, per galaxy. Not the ingester's gss.<galaxy>.dlq: PyFlink's
-    # Kafka sink cannot set record headers, so these carry a gss.v1.DeadLetter value instead.
-    dlq_topic: str = "gss.{galaxy}.compute-dlq"
     # Modules, packages or .py paths whose plugins the job runs.
     plugins: list[str] = Field(default_factory=lambda: ["compute.examples"])
     # at-least-once: values are visible at once, a restart may write some again (GSS applies
@@ -221,6 +223,11 @@ class Settings(BaseSettings):
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+
+def default_settings() -> Settings:
+    """The built-in defaults alone: no environment variable, config file or secret is read."""
+    return Settings.model_construct()
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicCollection
@@ -19,9 +20,17 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from contract.errors import UnavailableError
 from contract.kafka import admin_config
 from contract.registry import GalaxySpec, Registry
-from contract.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from contract.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
+
+# Default name templates of each galaxy's topics ({galaxy} is replaced by the galaxy's name);
+# KafkaSettings can rename them, and a subscriber takes the same setting.
+CHANGELOG_TOPIC = "gss.{galaxy}.changelog"
+AVAILABLE_TOPIC = "gss.{galaxy}.available"
+DLQ_TOPIC = "gss.{galaxy}.dlq"
 
 
 class TopicKind(StrEnum):
@@ -128,12 +137,3 @@ def position_of(msg: Message) -> tuple[str, int, int]:
     if topic is None or partition is None or offset is None:
         raise ValueError("the Kafka message has no position (not consumed or delivered)")
     return topic, partition, offset
-
-
-def header_items(msg: Message) -> list[tuple[str, bytes]]:
-    """A record's headers as (name, bytes) pairs (absent values become empty bytes)."""
-    raw = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return [
-        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in items
-    ]

@@ -16,25 +16,9 @@ from prometheus_client.registry import Collector
 
 import gss
 from contract.keys import split_store_key
+from contract.metrics import LATENCY_BUCKETS
 from store import records
 from store.db import Write
-
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 
 BUILD_INFO = Info("gss_build", "GSS build metadata.")
 BUILD_INFO.info({"version": gss.__version__})

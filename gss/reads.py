@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contract.keys import store_keys
 from contract.registry import GalaxySpec, SignalSpec
 from contract.v1 import signal_service_pb2
 from gss.writes import now_us
@@ -67,9 +68,7 @@ def lookup(
     """The serialized GetSignalsResponse for ``entity_ids`` x ``specs``, in request order."""
     entities = galaxy.codec.many_to_bytes(entity_ids)
     suffixes = [spec.key_suffix for spec in specs]
-    values = store.get_many(
-        galaxy.name, [entity + suffix for entity in entities for suffix in suffixes]
-    )
+    values = store.get_many(galaxy.name, store_keys(entities, suffixes))
     not_found = values.count(None)
     expired = 0
     if any(spec.ttl for spec in specs):

@@ -71,7 +71,7 @@ def to_write(
     else:
         envelope.ClearField("source")
     return Write(
-        galaxy.name, entity + spec.key_suffix, records.encode(spec.version, record.value, envelope)
+        galaxy.name, spec.store_key(entity), records.encode(spec.version, record.value, envelope)
     )
 
 

@@ -39,7 +39,13 @@ def _protoc(out_root: Path, protos: list[str], *plugins: str) -> None:
         cmd.append(f"--{plugin}_out={out_root}")
         if plugin.startswith("mypy"):
             cmd.append(f"--plugin=protoc-gen-{plugin}={BIN / f'protoc-gen-{plugin}'}")
-    subprocess.run([*cmd, *protos], check=True, cwd=PROTO_ROOT)
+    # The mypy plugins report each file they write (under protoc's names): quiet unless it fails.
+    done = subprocess.run(
+        [*cmd, *protos], check=False, cwd=PROTO_ROOT, capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"protoc failed ({done.returncode}) on {', '.join(protos)}")
 
 
 def generate(out_root: Path) -> Path:

@@ -8,8 +8,8 @@ the two connector jars are taken out of it (seen working on apache-flink 2.3.0).
     python -m compute.flink.jars            # download if missing, print the jar paths
     python -m compute.flink.jars --dir DIR  # into DIR instead of the cache
 
-The directory is ``compute.jars_dir`` (``GSS_COMPUTE__JARS_DIR``), by default
-``~/.cache/gss/flink-jars``. A remote cluster or a container image ships the same two jars
+``gss compute jars`` fetches into ``compute.jars_dir`` (``GSS_COMPUTE__JARS_DIR``); both
+default to ``~/.cache/gss/flink-jars``. A remote cluster or a container image ships the same two jars
 (deploy/flink/Dockerfile copies them into /opt/flink/lib).
 """
 
@@ -95,10 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--dir", type=Path, default=None, help="directory for the jars")
     args = parser.parse_args(argv)
-    if args.dir is None:
-        from contract.settings import load_settings
-
-        args.dir = load_settings().compute.jars_dir
     for path in ensure_jars(args.dir):
         print(path)
     return 0

@@ -37,6 +37,7 @@ from pyflink.datastream.window import SlidingEventTimeWindows, TumblingEventTime
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_java_class
 
+from compute import execution
 from compute.binding import Bound
 from compute.flink import gateway
 from compute.flink import operators as ops
@@ -131,8 +132,12 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     In ``application`` mode the Flink client that runs this code (``flink run``, the
     operator's PythonDriver) provides the cluster; the job settings still apply.
     """
-    if settings.compute.mode == "local" and settings.compute.metrics_port:
-        gateway.prepare_local()  # before anything starts the gateway JVM
+    if settings.compute.mode == "local":
+        # Before anything starts the gateway JVM: its own session (its owner stops it, not
+        # the terminal's Ctrl-C) and the metrics reporter on its classpath.
+        gateway.own_session()
+        if settings.compute.metrics_port:
+            gateway.prepare_local()
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     env.set_parallelism(settings.compute.parallelism)
     env.enable_checkpointing(int(settings.compute.checkpoint_interval_seconds * 1000))
@@ -266,7 +271,7 @@ def _content_branches(
         rows.append(
             AsyncDataStream.ordered_wait(
                 raw,
-                ops.RunModel(bound, settings.triton.url),
+                ops.RunModel(bound, settings.triton),
                 Time.milliseconds(int(settings.compute.model_timeout_seconds * 1000)),
                 settings.compute.model_concurrency,
                 ops.sink_row_type(),
@@ -289,16 +294,14 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
     )
     watermarks = (
         WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(int(plugin.source.max_out_of_orderness.total_seconds() * 1000))
+            Duration.of_millis(execution.millis(plugin.source.max_out_of_orderness))
         )
         .with_idleness(Duration.of_millis(int(settings.compute.idle_source_seconds * 1000)))
         .with_timestamp_assigner(ops.ItemTime())
     )
-    size = Time.milliseconds(int(group_by.window.size.total_seconds() * 1000))
+    size = Time.milliseconds(execution.millis(group_by.window.size))
     assigner: Any = (
-        SlidingEventTimeWindows.of(
-            size, Time.milliseconds(int(group_by.window.slide.total_seconds() * 1000))
-        )
+        SlidingEventTimeWindows.of(size, Time.milliseconds(execution.millis(group_by.window.slide)))
         if isinstance(group_by.window, Sliding)
         else TumblingEventTimeWindows.of(size)
     )
@@ -308,7 +311,7 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
         .filter(lambda item: item.extracted is not None)
         .key_by(lambda item: item.entity, key_type=Types.PICKLED_BYTE_ARRAY())
         .window(assigner)
-        .allowed_lateness(int(group_by.allowed_lateness.total_seconds() * 1000))
+        .allowed_lateness(execution.millis(group_by.allowed_lateness))
         .side_output_late_data(late_tag)
         .aggregate(
             ops.WindowAggregate(bound),

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from pyflink.common import Row, Time, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
@@ -34,6 +32,8 @@ from compute import execution
 from compute.binding import Bound
 from compute.execution import SinkRow
 from compute.plugin import Inputs, Shape
+from contract import logs
+from contract.settings import TritonSettings
 
 
 def sink_row_type() -> Any:
@@ -69,21 +69,8 @@ def sink_row(row: SinkRow) -> Row:
 
 @functools.cache
 def worker_logging() -> None:
-    """Structlog in a Python worker: JSON lines on stderr, which Flink keeps in its logs.
-
-    PyFlink's workers replace ``print`` with one that takes no ``flush`` argument, so
-    structlog's print-based default logger would fail there.
-    """
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    """GSS's logging in a Python worker: JSON lines on stderr, which Flink keeps in its logs."""
+    logs.configure(fmt="json")
 
 
 class Tallies:
@@ -143,15 +130,15 @@ class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
 class RunModel(AsyncFunction):  # type: ignore[misc]
     """One model plugin; many records in flight, so their model calls share Triton batches."""
 
-    def __init__(self, bound: Bound, triton_url: str | None) -> None:
+    def __init__(self, bound: Bound, triton: TritonSettings) -> None:
         self.bound = bound
-        self.triton_url = triton_url
+        self.triton = triton
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from compute.inference import connect
 
         self.tallies = Tallies(runtime_context)
-        self.client = connect(self.triton_url)
+        self.client = connect(self.triton)
 
     def close(self) -> None:
         client = getattr(self, "client", None)
@@ -314,7 +301,7 @@ class MatchItem:
 def _value_state(context: RuntimeContext, name: str, bound: Bound) -> Any:
     # One value per key (a small dict), read and written once per element: PyFlink reaches
     # keyed state through the Beam state API, and a MapState costs a round trip per call.
-    # Entries expire by the join's TTL in execution.expire (as in the harness); the state TTL
+    # Entries expire by the join's TTL in execution.hold_input (as in the harness); the state TTL
     # drops keys that go quiet altogether.
     descriptor = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
     descriptor.enable_time_to_live(_ttl(bound))

@@ -61,7 +61,7 @@ def signal_test(
         if any(p.model for p in found):
             from compute.inference import connect
 
-            models = connect(triton_url or settings.triton.url)
+            models = connect(settings.triton, triton_url)
         harness = LocalHarness(found, settings=settings, registry=cli.registry(), models=models)
         stream = click.open_file(events_path)
         with stream:

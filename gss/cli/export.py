@@ -122,18 +122,7 @@ def export(
                     "duration_seconds": result.duration_seconds,
                     "unregistered": result.unregistered,
                     "malformed_keys": result.malformed_keys,
-                    "partitions": [
-                        {
-                            "galaxy": p.galaxy,
-                            "signal": p.signal,
-                            "version": p.version,
-                            "rows": p.rows,
-                            "expired_rows": p.expired_rows,
-                            "rejected_rows": p.rejected_rows,
-                            "path": str(p.path),
-                        }
-                        for p in result.partitions
-                    ],
+                    "partitions": [p.summary() for p in result.partitions],
                 },
                 indent=2,
             )

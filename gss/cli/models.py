@@ -11,6 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
+from compute.triton import model_repository
 from gss.cli.context import CliContext, duration_option, pass_cli
 
 
@@ -25,7 +26,7 @@ def list_models(cli: CliContext) -> None:
     """The models in the repository (settings: triton.model_repository)."""
     from gss.local.triton import TritonStartError, find_models
 
-    repository = cli.settings().triton.model_repository
+    repository = model_repository(cli.settings().triton)
     try:
         names = find_models(repository)
     except TritonStartError as exc:
@@ -49,7 +50,7 @@ def serve(cli: CliContext, duration: float | None, config_name: str | None) -> N
 
     settings = cli.settings().triton
     server = LocalTriton(
-        settings.model_repository,
+        model_repository(settings),
         startup_timeout_seconds=settings.startup_timeout_seconds,
         model_config_name=config_name or settings.model_config_name,
     )
@@ -94,7 +95,7 @@ def check(cli: CliContext, url: str | None, as_json: bool) -> None:
     if url:
         settings = settings.model_copy(update={"url": url})
     try:
-        names = find_models(settings.model_repository)
+        names = find_models(model_repository(settings))
         failures = 0
         with (
             triton_url(settings) as endpoint,

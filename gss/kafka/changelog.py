@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from contract import headers
 from contract.errors import UnavailableError
 from contract.kafka import producer_config
 from contract.registry import Registry
@@ -26,7 +27,6 @@ from contract.settings import KafkaSettings
 from contract.topics import TopicKind, position_of, topic_name
 from contract.v1 import envelope_pb2, signal_service_pb2
 from gss.kafka.ingester import Ingester
-from gss.kafka.outbox import RECORD_CONTENT_TYPE
 from gss.writes import to_writes
 from store import records as stored_records
 from store.db import SignalStore
@@ -35,7 +35,9 @@ log = structlog.get_logger(__name__)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
-HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", RECORD_CONTENT_TYPE)]
+HEADERS: list[tuple[str, str | bytes | None]] = [
+    (headers.CONTENT_TYPE, headers.SIGNAL_RECORD_CONTENT_TYPE)
+]
 
 
 def changelog_key(registry: Registry, record: envelope_pb2.SignalRecord) -> bytes:
@@ -217,7 +219,7 @@ class ChangelogWriter:
         for record, position in zip(batch, positions, strict=True):
             galaxy = self.registry.galaxy(record.galaxy)
             spec = galaxy.signal(record.signal.name, record.signal.version)
-            key = galaxy.codec.to_bytes(record.entity_id) + spec.key_suffix
+            key = spec.store_key(galaxy.codec.to_bytes(record.entity_id))
             (stored,) = self.store.get_many(galaxy.name, [key])
             mine = stored is not None and stored_records.order_of(stored) == (
                 stored_records.timestamp_us(record.envelope.event_time),

@@ -1,7 +1,7 @@
 """Prometheus metrics of the changelog ingester, the outbox and its publisher.
 
 Ingest lag is reported in time, not in records: record lag needs the changelog's end offsets,
-which the local broker gets wrong (NOTES.md) and which cost a broker round trip per partition.
+which the local broker gets wrong (docs/events.md, the local broker's quirks) and which cost a broker round trip per partition.
 ``gss_changelog_apply_delay_seconds`` (record timestamp to commit) grows when the ingester falls
 behind; ``gss_changelog_last_record_timestamp_seconds`` shows a partition that stopped moving.
 """

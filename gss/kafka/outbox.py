@@ -1,6 +1,6 @@
 """The transactional outbox: availability events (and dead letters) committed with the values.
 
-:meth:`Outbox.apply` is the store write path with events: it calls
+:meth:`Outbox.apply_with_events` is the store write path with events: it calls
 :meth:`store.db.SignalStore.apply` with a ``derive_meta`` that turns every write that wins
 into an outbox entry, so a value, its event and the changelog offsets it came from are in one
 WriteBatch. :class:`gss.kafka.publisher.OutboxPublisher` sends the entries and deletes each
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from contract import headers
 from contract.keys import split_store_key
 from contract.registry import GalaxySpec, Registry
 from contract.settings import KafkaSettings
@@ -33,8 +34,6 @@ from store.records import StoredRecord
 
 log = structlog.get_logger(__name__)
 
-EVENT_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalAvailable"
-RECORD_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalRecord"
 _ID_PARTS = struct.Struct(">qqi")
 
 
@@ -129,9 +128,9 @@ class EventBuilder:
             entity,
             event.SerializeToString(),
             (
-                ("gss-event-id", event.event_id.encode()),
-                ("gss-signal", info.header),
-                ("content-type", EVENT_CONTENT_TYPE),
+                (headers.EVENT_ID, event.event_id.encode()),
+                (headers.SIGNAL, info.header),
+                (headers.CONTENT_TYPE, headers.SIGNAL_AVAILABLE_CONTENT_TYPE),
             ),
         )
 
@@ -168,15 +167,16 @@ class Outbox:
         self._last_sequence = max(self._last_sequence + 1, time.time_ns())
         return outbox_key(self._last_sequence)
 
-    def apply(
+    def apply_with_events(
         self,
         writes: Sequence[Write],
         *,
         meta: Mapping[bytes, bytes] | None = None,
         dead_letters: Iterable[OutboxEntry] = (),
     ) -> AppliedBatch:
-        """``store.apply`` with an availability event for every write that wins, plus the given
-        dead letters, all in the same WriteBatch."""
+        """:meth:`SignalStore.apply <store.db.SignalStore.apply>` (the one write path) with an
+        availability event for every write that wins, plus the given dead letters, all in the
+        same WriteBatch."""
         added = 0
 
         def derive(winners: Sequence[Write]) -> list[tuple[bytes, bytes]]:

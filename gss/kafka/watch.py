@@ -3,7 +3,7 @@
 :class:`AvailableReader` assigns every partition of ``gss.<galaxy>.available`` itself and starts
 each one after a position it was given, at the beginning, or at the live end. The live end is
 the broker's end offset plus a timestamp filter (events published before the reader started
-are dropped): a broker whose end offsets are too small (the local one, NOTES.md) then cannot
+are dropped): a broker whose end offsets are too small (the local one: docs/events.md, the local broker's quirks) then cannot
 replay old events as new ones. If the topic is created anew (a restarted local broker), the
 reader starts the new topic from its beginning.
 """
@@ -29,10 +29,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 
+from contract import headers
 from contract.kafka import admin_config, consume_available, consumer_config
 from contract.registry import GalaxySpec, Registry
 from contract.settings import KafkaSettings
-from contract.topics import TopicKind, header_items, position_of, topic_ids, topic_name
+from contract.topics import TopicKind, position_of, topic_ids, topic_name
 from contract.v1 import events_pb2, signal_service_pb2
 
 log = structlog.get_logger(__name__)
@@ -150,8 +151,8 @@ class AvailableReader:
             _, partition, offset = position_of(msg)
             if partition in self._live_end and msg.timestamp()[1] < self._started_ms:
                 continue
-            headers = dict(header_items(msg))
-            signal = headers.get("gss-signal")
+            headers_ = dict(headers.header_items(msg))
+            signal = headers_.get(headers.SIGNAL)
             if self._accept is not None and (signal is None or not self._accept(signal)):
                 continue
             try:

@@ -33,6 +33,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from compute.content import image_event, pin_event
+from contract.kafka import producer_config
 from contract.settings import Settings
 from contract.v1.content_pb2 import PinEngagementEvent
 
@@ -150,20 +151,6 @@ def write_jsonl(events: Iterator[Produced], out: IO[str]) -> int:
     return count
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """confluent-kafka settings for content producers: Java's partitioner, so each entity's
-    events land on the partition Flink's sink and every other producer would pick."""
-    if not settings.kafka.bootstrap_servers:
-        raise ValueError("no broker: set GSS_KAFKA__BOOTSTRAP_SERVERS")
-    return {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        "enable.idempotence": True,
-        **settings.kafka.client_config,
-    }
-
-
 @dataclass
 class GeneratorStats:
     images: int = 0
@@ -185,7 +172,9 @@ def produce(
     from confluent_kafka import Producer
 
     generator = ContentGenerator(seed=seed)
-    producer = Producer(producer_config(settings))
+    producer = Producer(
+        producer_config(settings.kafka, "gss-content-generator", delivery_timeout_seconds=30.0)
+    )
     stats = GeneratorStats()
 
     def delivered(err: Any, msg: Any) -> None:

@@ -66,6 +66,18 @@ class PartitionResult:
     rejected_rows: int
     files: int
 
+    def summary(self) -> dict[str, object]:
+        """The partition as run reports and ``gss export --json`` show it."""
+        return {
+            "galaxy": self.galaxy,
+            "signal": self.signal,
+            "version": self.version,
+            "rows": self.rows,
+            "expired_rows": self.expired_rows,
+            "rejected_rows": self.rejected_rows,
+            "path": str(self.path),
+        }
+
 
 @dataclass
 class ExportResult:
@@ -423,18 +435,7 @@ def _write_report(
         "dt": dt.isoformat(),
         "export_id": export_id,
         "snapshot_time": manifest.iso_us(view.snapshot_time_us),
-        "partitions": [
-            {
-                "signal": p.signal,
-                "version": p.version,
-                "rows": p.rows,
-                "expired_rows": p.expired_rows,
-                "rejected_rows": p.rejected_rows,
-                "path": str(p.path),
-            }
-            for p in result.partitions
-            if p.galaxy == galaxy
-        ],
+        "partitions": [p.summary() for p in result.partitions if p.galaxy == galaxy],
         "unregistered_signal_values": unregistered,
         # Keys that are not signal keys at all (not written by GSS's write path).
         "malformed_keys": malformed_keys,

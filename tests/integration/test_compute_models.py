@@ -17,10 +17,11 @@ from compute.examples.images.safety_score import safety_score
 from compute.flink import gateway
 from compute.flink.run import ComputeJob
 from compute.harness import LocalHarness
+from compute.triton import EXAMPLE_MODEL_REPOSITORY
 from compute.triton.client import ModelClient
 from compute.triton.inputs import image_tensor
 from contract.registry import load_registry
-from contract.settings import TritonSettings, load_settings
+from contract.settings import load_settings
 from contract.v1.content_pb2 import ImageEvent
 from contract.v1.signals_pb2 import Embedding, SafetyScore
 from gss.local.generator import ContentGenerator
@@ -37,7 +38,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def triton() -> Iterator[LocalTriton]:
-    with LocalTriton(TritonSettings().model_repository) as server:
+    with LocalTriton(EXAMPLE_MODEL_REPOSITORY) as server:
         yield server
 
 
@@ -103,13 +104,17 @@ def test_model_signals_equal_the_models_definitions(runner: Runner) -> None:
         assert isinstance(score, SafetyScore)
         assert score.score == pytest.approx(reference_safety_score(pixels, weights), abs=1e-5)
         assert (score.label, score.model_version) == ("unsafe", "1")
-    envelopes = {
-        (r.signal.name, r.envelope.model_name, r.envelope.model_version) for r in runner.records()
-    }
-    assert envelopes == {
-        ("embedding", "image_embedding", "1"),
-        ("safety_score", "safety_classifier", "1"),
-    }
+    expected = {("embedding", "image_embedding", "1"), ("safety_score", "safety_classifier", "1")}
+
+    def envelopes() -> set[tuple[str, str, str]]:
+        return {
+            (r.signal.name, r.envelope.model_name, r.envelope.model_version)
+            for r in runner.records()
+        }
+
+    # A value can be readable through GSS before the test's own changelog reader has it.
+    runner.wait_for("every model's record on the changelog", lambda: envelopes() >= expected)
+    assert envelopes() == expected
 
 
 def test_model_failures_are_dead_lettered(runner: Runner, tmp_path: Path) -> None:

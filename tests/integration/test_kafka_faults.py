@@ -61,7 +61,7 @@ def test_broker_outage_delays_events_and_loses_none(
             broker.stop()
             # Values applied while the broker is down (the store's direct write path, with events).
             during = [dhash_record(1000 + i, i) for i in range(300)]
-            runtime.outbox.apply(to_writes(registry, during))
+            runtime.outbox.apply_with_events(to_writes(registry, during))
             assert runtime.outbox.depth >= 300
             # PutSignals during the outage fails with UNAVAILABLE; its caller retries.
             retried = [dhash_record(2000 + i, i) for i in range(50)]

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
+from compute.triton import EXAMPLE_MODEL_REPOSITORY
 from compute.triton.client import (
     ModelClient,
     ModelInputError,
@@ -22,7 +23,6 @@ from compute.triton.client import (
     TensorSpec,
 )
 from compute.triton.inputs import image_tensor
-from contract.settings import TritonSettings
 from gss.cli import main
 from gss.local.triton import LocalTriton
 from tests.triton_reference import (
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def triton() -> Iterator[LocalTriton]:
     """One local Triton over compute/models for the module (it takes seconds to start)."""
-    with LocalTriton(TritonSettings().model_repository) as server:
+    with LocalTriton(EXAMPLE_MODEL_REPOSITORY) as server:
         yield server
 
 

@@ -105,3 +105,11 @@ def test_durations_accept_short_forms(tmp_path: Path) -> None:
         timedelta(days=30),
         timedelta(minutes=1),
     ]
+
+
+def test_an_import_of_the_old_wire_package_names_the_new_one(tmp_path: Path) -> None:
+    """A registry written for the pre-contract layout fails with the module to import instead."""
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump({"imports": ["gss.v1.signals_pb2"], "galaxies": {}}))
+    with pytest.raises(ValueError, match=r"import 'contract\.v1\.signals_pb2' instead"):
+        load_registry(path)

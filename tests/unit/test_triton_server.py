@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from compute.triton import EXAMPLE_MODEL_REPOSITORY
 from contract.settings import TritonSettings
 from gss.cli import main
 from gss.local.triton import (
@@ -19,7 +20,7 @@ from gss.local.triton import (
     triton_url,
 )
 
-REPOSITORY = TritonSettings().model_repository
+REPOSITORY = EXAMPLE_MODEL_REPOSITORY
 
 
 def test_default_repository_holds_the_shipped_models() -> None:
