@@ -33,12 +33,13 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from clients.subscriber import Subscriber
 from contract import logs
+from contract.kafka import producer_config
 from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from contract.settings import KafkaSettings, load_settings
 from contract.topics import ensure_topics
 from contract.v1 import envelope_pb2, signals_pb2
 from gss.kafka.changelog import changelog_key
-from gss.kafka.components import EventsRuntime
+from gss.kafka.events_runtime import EventsRuntime
 from gss.local.broker import LocalBroker
 from gss.writes import to_writes
 from store.db import SignalStore
@@ -59,15 +60,7 @@ def _record(n: int, event_time_ns: int) -> envelope_pb2.SignalRecord:
 
 
 def _producer(kafka: KafkaSettings) -> Producer:
-    return Producer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
-    )
+    return Producer(producer_config(kafka, "gss-bench-events", delivery_timeout_seconds=30.0))
 
 
 def _produce(

@@ -29,7 +29,7 @@ from google.protobuf.message import Message as ProtoMessage
 from clients.lookup import GssClient, SignalValue, decode_value, parse_signal_ref
 from contract import headers
 from contract.kafka import consume_available
-from contract.topics import AVAILABLE_TOPIC
+from contract.topics import AVAILABLE_TOPIC, galaxy_topic
 from contract.v1 import events_pb2
 
 
@@ -87,7 +87,7 @@ class Subscriber:
         dedupe_window: int = 100_000,
     ) -> None:
         self.galaxy = galaxy
-        self.topic = topic or AVAILABLE_TOPIC.format(galaxy=galaxy)
+        self.topic = topic or galaxy_topic(AVAILABLE_TOPIC, galaxy)
         self._wanted = _signal_test(signals)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window

@@ -5,8 +5,9 @@ The signal developer's whole API (see docs/compute.md)::
     from compute import signal, Source, GroupBy, Tumbling, Sliding, Count, Join, Match
 
 The plumbing lives below: :mod:`compute.harness` (local runs, ``gss signal test``),
-:mod:`compute.flink` (the Flink job), :mod:`compute.triton` (models),
-:mod:`gss.local.generator` (synthetic content events).
+:mod:`compute.execution` (what happens to each record, wherever it runs), :mod:`compute.flink`
+(the Flink job), :mod:`compute.triton` (models). Compute imports only the contract layer and
+reaches the store only through the changelog (docs/architecture.md).
 """
 
 from compute.inference import Model

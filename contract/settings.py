@@ -24,7 +24,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from contract.topics import AVAILABLE_TOPIC, CHANGELOG_TOPIC, DLQ_TOPIC
+from contract.topics import AVAILABLE_TOPIC, CHANGELOG_TOPIC, DLQ_TOPIC, galaxy_topic
 
 
 class StoreSettings(BaseModel):
@@ -88,7 +88,8 @@ class KafkaSettings(BaseModel):
     outbox_max_in_flight: int = 10_000
 
     def topic(self, template: str, galaxy: str) -> str:
-        return template.format(galaxy=galaxy)
+        """The topic ``template`` (one of the fields above) names for ``galaxy``."""
+        return galaxy_topic(template, galaxy)
 
 
 class TritonSettings(BaseModel):

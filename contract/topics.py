@@ -33,6 +33,11 @@ AVAILABLE_TOPIC = "gss.{galaxy}.available"
 DLQ_TOPIC = "gss.{galaxy}.dlq"
 
 
+def galaxy_topic(template: str, galaxy: str) -> str:
+    """The topic a name template gives for ``galaxy``: ``gss.{galaxy}.changelog`` -> ``gss.pins.changelog``."""
+    return template.format(galaxy=galaxy)
+
+
 class TopicKind(StrEnum):
     CHANGELOG = "changelog"
     AVAILABLE = "available"

@@ -31,7 +31,7 @@ from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
 from store.db import SignalStore
 
 if TYPE_CHECKING:
-    from gss.kafka.components import EventsRuntime
+    from gss.kafka.events_runtime import EventsRuntime
 
 log = structlog.get_logger(__name__)
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -151,7 +151,7 @@ def start_server(
 
     With ``kafka.bootstrap_servers`` set (and no ``changelog`` given), the Kafka side starts
     first: changelog ingester, outbox publisher, PutSignals through the changelog and
-    WatchSignals (gss.kafka.components); it stops after calls drain, before the store closes.
+    WatchSignals (gss.kafka.events_runtime); it stops after calls drain, before the store closes.
     """
     server_settings = settings.server
     registry = registry or load_registry(settings.registry_path)
@@ -160,7 +160,7 @@ def start_server(
     store.on_apply = functools.partial(metrics.record_apply, key_lengths=key_lengths)
     events = None
     if changelog is None and settings.kafka.bootstrap_servers:
-        from gss.kafka.components import EventsRuntime
+        from gss.kafka.events_runtime import EventsRuntime
 
         try:
             events = EventsRuntime(settings, registry, store).start()

@@ -38,7 +38,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# The Flink Kafka connector is not in the apache-flink wheels; fetch it from PyPI once.
-if [ -f compute/flink/jars.py ]; then
-  .venv/bin/python -m compute.flink.jars >/dev/null
-fi
+# The Flink Kafka connector is not in the apache-flink wheels; fetch it from PyPI once, into
+# the settings' compute.jars_dir (GSS_COMPUTE__JARS_DIR), where the job looks for it.
+.venv/bin/gss compute jars >/dev/null

@@ -69,7 +69,8 @@ def sink_row(row: SinkRow) -> Row:
 
 @functools.cache
 def worker_logging() -> None:
-    """GSS's logging in a Python worker: JSON lines on stderr, which Flink keeps in its logs."""
+    """GSS's logging in a Python worker: JSON lines on stderr, which Flink keeps in its logs,
+    INFO and above (workers are handed plugins, not settings; nothing here logs below INFO)."""
     logs.configure(fmt="json")
 
 

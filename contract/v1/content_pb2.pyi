@@ -3,7 +3,7 @@
 isort:skip_file
 Content events: the inputs of the compute plugins (compute/), on plain Kafka topics named by
 the plugins that read them (content.images, content.pins). Keyed by the entity's canonical
-bytes (store/keys.py) so one entity's events stay on one partition.
+bytes (contract/keys.py) so one entity's events stay on one partition.
 """
 
 import builtins

@@ -55,7 +55,7 @@ def ingest(cli: CliContext, data: str | None) -> None:
     Resumes from the offsets stored in the store; use it to rebuild a store by replay.
     """
     from contract.errors import GssError
-    from gss.kafka.components import EventsRuntime
+    from gss.kafka.events_runtime import EventsRuntime
     from gss.server import open_store
 
     settings = cli.settings(store={"path": data} if data else {})

@@ -33,14 +33,19 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from compute.content import image_event, pin_event
+from compute.examples.images.sources import IMAGES
+from compute.examples.pins.sources import PINS
 from contract.kafka import producer_config
+from contract.keys import EntityCodec, KeyType
 from contract.settings import Settings
 from contract.v1.content_pb2 import PinEngagementEvent
 
 log = structlog.get_logger(__name__)
 
-IMAGES_TOPIC = "content.images"
-PINS_TOPIC = "content.pins"
+# The example plugins' sources name the topics (and the entity keys) the generator feeds.
+IMAGES_TOPIC = IMAGES.topic
+PINS_TOPIC = PINS.topic
+_PIN_IDS = EntityCodec(KeyType.INT64)
 IMAGE_SIDE = 32
 _PALETTE = np.array(
     [
@@ -127,7 +132,7 @@ class ContentGenerator:
         action = _ACTIONS[rng.choice(3, p=np.array(self.action_weights) / sum(self.action_weights))]
         lag = timedelta(seconds=float(rng.random()) * self.max_out_of_order.total_seconds())
         event = pin_event(pin_id, action, int(rng.integers(1, 10_000)), now - lag)
-        return PINS_TOPIC, pin_id.to_bytes(8, "big"), event
+        return PINS_TOPIC, _PIN_IDS.to_bytes(pin_id), event
 
     def events(
         self,

@@ -5,7 +5,7 @@ with its Python backend). :class:`LocalTriton` starts it as a subprocess in its 
 group, on 127.0.0.1 with ports the OS picks, waits until every model is READY, and stops it
 (SIGTERM, then SIGKILL of the whole group) on exit::
 
-    with LocalTriton(settings.triton.model_repository) as triton:
+    with LocalTriton(model_repository(settings.triton)) as triton:
         client = ModelClient(triton.http_url)
 
 Production points ``TritonSettings.url`` at any Triton endpoint instead; :func:`triton_url`

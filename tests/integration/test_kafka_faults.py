@@ -25,7 +25,7 @@ from contract.errors import UnavailableError
 from contract.registry import Registry
 from contract.settings import load_settings
 from contract.v1 import signal_service_pb2
-from gss.kafka.components import EventsRuntime
+from gss.kafka.events_runtime import EventsRuntime
 from gss.kafka.ingester import stored_offsets
 from gss.kafka.meta import OUTBOX_PREFIX
 from gss.local.broker import LocalBroker

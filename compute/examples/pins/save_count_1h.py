@@ -2,11 +2,10 @@
 
 from datetime import timedelta
 
-from compute import Count, GroupBy, Source, Tumbling, WindowSpan, signal
+from compute import Count, GroupBy, Tumbling, WindowSpan, signal
+from compute.examples.pins.sources import PINS
 from contract.v1.content_pb2 import PinEngagementEvent
 from contract.v1.signals_pb2 import WindowedCount
-
-PINS = Source(topic="content.pins", schema=PinEngagementEvent, entity="pin_id")
 
 
 @signal(
