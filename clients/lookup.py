@@ -93,7 +93,7 @@ def entity_text(entity_id: EntityId) -> str:
 
 
 def parse_signal_ref(ref: str) -> envelope_pb2.SignalRef:
-    """``"name"`` (latest version) or ``"name@3"``."""
+    """``"name"`` (the server resolves it to the name's pinned default version) or ``"name@3"``."""
     name, _, version = ref.partition("@")
     if not name or (version and not version.isdigit()):
         raise ValueError(f"signal {ref!r} is not 'name' or 'name@version'")

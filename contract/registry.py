@@ -2,7 +2,15 @@
 
 The file (``contract/registry.yaml`` by default, ``registry_path`` in settings) is compiled into
 frozen models, checked as a whole (names, versions, value types that resolve to protobuf
-messages), and is then the one answer to "what may be stored and served".
+messages, one pinned default version per signal name), and is then the one answer to "what
+may be stored and served".
+
+Lifecycle (docs/serving.md, "Signal lifecycle"): a bare signal name (version 0) means the
+galaxy's pinned default version of that name (``defaults:``; implicit when a name has one
+version), never the highest registered one; a version's ``state`` is ``active`` or
+``deprecated`` (still readable and writable, flagged in DescribeGalaxy and counted).
+:meth:`GalaxySpec.signal` is the one place names are resolved. A running server adopts a
+changed lifecycle (pins, states, descriptions) with :meth:`Registry.adopt_lifecycle`.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import importlib
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +51,14 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 ANY_PREFIX = "type.googleapis.com/"
 
 
+class SignalState(StrEnum):
+    """Where a signal version is in its lifecycle (docs/serving.md, "Signal lifecycle")."""
+
+    ACTIVE = "active"
+    # Still readable and writable; flagged in DescribeGalaxy, lookups and writes counted.
+    DEPRECATED = "deprecated"
+
+
 class SignalSpec(BaseModel):
     """One version of one signal."""
 
@@ -54,6 +71,11 @@ class SignalSpec(BaseModel):
     ttl: Duration | None = None
     # Whether availability events carry the value inline (when under the size limit).
     inline_value: bool = True
+    state: SignalState = SignalState.ACTIVE
+
+    @property
+    def deprecated(self) -> bool:
+        return self.state is SignalState.DEPRECATED
 
     @property
     def ref(self) -> str:
@@ -122,6 +144,9 @@ class GalaxySpec(BaseModel):
     partitions: Annotated[int, Field(ge=1, le=4096)] = 4
     description: str = ""
     signals: tuple[SignalSpec, ...] = ()
+    # The pinned default version of each signal name: what a bare name (version 0) means.
+    # Required for names with more than one version; a name with one version defaults to it.
+    defaults: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_signals(self) -> GalaxySpec:
@@ -131,7 +156,54 @@ class GalaxySpec(BaseModel):
                 raise ValueError(f"signal {spec.ref} is declared twice in galaxy {self.name}")
             seen.add((spec.name, spec.version))
         EntityCodec(self.key.type, self.key.length)  # raises on a bad key declaration
+        self._check_defaults()
         return self
+
+    def _check_defaults(self) -> None:
+        versions: dict[str, list[int]] = {}
+        for spec in self.signals:
+            versions.setdefault(spec.name, []).append(spec.version)
+        for name, version in self.defaults.items():
+            if name not in versions:
+                raise ValueError(
+                    f"galaxy {self.name}: defaults pins {name}@{version}, but no version of "
+                    f"signal {name!r} is registered"
+                )
+            if version not in versions[name]:
+                registered = ", ".join(f"{name}@{v}" for v in sorted(versions[name]))
+                raise ValueError(
+                    f"galaxy {self.name}: defaults pins {name}@{version}, which is not "
+                    f"registered (registered: {registered})"
+                )
+        for name, numbers in versions.items():
+            if len(numbers) > 1 and name not in self.defaults:
+                listed = ", ".join(str(v) for v in sorted(numbers))
+                raise ValueError(
+                    f"galaxy {self.name}: signal {name!r} has versions {listed} and no pinned "
+                    f"default: add `defaults: {{{name}: N}}` to the galaxy to say which "
+                    "version a bare name means"
+                )
+        for spec in self.signals:
+            if spec.deprecated and self.default_version(spec.name) == spec.version:
+                raise ValueError(
+                    f"galaxy {self.name}: {spec.ref} is deprecated but is the pinned default "
+                    f"of {spec.name!r}: pin another version first (gss signal promote)"
+                )
+
+    def default_version(self, name: str) -> int:
+        """The pinned default version of ``name`` (what a bare name means); 0 if unknown."""
+        if name in self.defaults:
+            return self.defaults[name]
+        versions = [s.version for s in self.signals if s.name == name]
+        return versions[0] if len(versions) == 1 else 0
+
+    def is_default(self, spec: SignalSpec) -> bool:
+        return self.default_version(spec.name) == spec.version
+
+    @cached_property
+    def deprecated_refs(self) -> frozenset[tuple[str, int]]:
+        """``(name, version)`` of the deprecated versions (often empty: a cheap test first)."""
+        return frozenset((s.name, s.version) for s in self.signals if s.deprecated)
 
     @cached_property
     def codec(self) -> EntityCodec:
@@ -141,13 +213,12 @@ class GalaxySpec(BaseModel):
     def _by_ref(self) -> dict[tuple[str, int], SignalSpec]:
         refs = {(s.name, s.version): s for s in self.signals}
         for name in {s.name for s in self.signals}:
-            refs[(name, 0)] = max(
-                (s for s in self.signals if s.name == name), key=lambda s: s.version
-            )
+            refs[(name, 0)] = refs[(name, self.default_version(name))]
         return refs
 
     def signal(self, name: str, version: int = 0) -> SignalSpec:
-        """The spec of ``name@version``; version 0 is the latest registered version."""
+        """The spec of ``name@version``; version 0 (a bare name) is the pinned default version
+        of ``name``, never simply the highest registered one. The one resolution of names."""
         try:
             return self._by_ref[(name, version)]
         except KeyError:
@@ -207,6 +278,70 @@ class Registry(BaseModel):
 
     def __iter__(self) -> Iterator[GalaxySpec]:  # type: ignore[override]
         return iter(self.galaxies.values())
+
+    def adopt_lifecycle(self, new: Registry) -> list[str]:
+        """Take ``new``'s pins, states and descriptions, in place; returns what changed.
+
+        The one mutation of a registry, for a running server whose file changed (gss.server):
+        every part holding this registry sees the new galaxy specs at once (one dict item
+        assignment per galaxy). Anything else that differs (galaxies, keys, partitions,
+        versions, value types, TTLs, imports) needs a restart: InvalidArgumentError, nothing
+        adopted.
+        """
+        if set(new.galaxies) != set(self.galaxies) or new.imports != self.imports:
+            raise InvalidArgumentError(
+                "galaxies or imports differ from the running registry: restart to apply"
+            )
+        changes: list[str] = []
+        for name, old_galaxy in self.galaxies.items():
+            new_galaxy = new.galaxies[name]
+            if _shape(old_galaxy) != _shape(new_galaxy):
+                raise InvalidArgumentError(
+                    f"galaxy {name}: signals, versions, value types, TTLs, key or partitions "
+                    "differ from the running registry: restart to apply"
+                )
+            changes.extend(_lifecycle_changes(old_galaxy, new_galaxy))
+        for name, new_galaxy in new.galaxies.items():
+            if new_galaxy != self.galaxies[name]:
+                self.galaxies[name] = new_galaxy
+        return changes
+
+
+def _shape(galaxy: GalaxySpec) -> Any:
+    """What a running server cannot change without a restart."""
+    return galaxy.model_dump(
+        exclude={
+            "description": True,
+            "defaults": True,
+            "signals": {"__all__": {"description", "state"}},
+        }
+    )
+
+
+def _lifecycle_changes(old: GalaxySpec, new: GalaxySpec) -> list[str]:
+    changes = []
+    for name in dict.fromkeys(s.name for s in old.signals):
+        pinned, now = old.default_version(name), new.default_version(name)
+        if pinned != now:
+            changes.append(f"{old.name}/{name}: default {name}@{pinned} -> {name}@{now}")
+    for before, after in zip(old.signals, new.signals, strict=True):
+        if before.state != after.state:
+            changes.append(f"{old.name}/{before.ref}: {before.state} -> {after.state}")
+    return changes
+
+
+def parse_signal_path(text: str) -> tuple[str, str, int]:
+    """``"galaxy/name@version"`` -> ``(galaxy, name, version)``; version 0 when absent."""
+    galaxy, slash, ref = text.partition("/")
+    name, _, version = ref.partition("@")
+    if (
+        not slash
+        or not SIGNAL_NAME.match(galaxy)
+        or not SIGNAL_NAME.match(name)
+        or (version and not version.isdigit())
+    ):
+        raise InvalidArgumentError(f"{text!r} is not a signal like 'images/embedding@2'")
+    return galaxy, name, int(version or 0)
 
 
 def load_registry(path: str | Path) -> Registry:

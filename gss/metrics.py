@@ -1,7 +1,8 @@
 """Prometheus metrics of the GSS server, under the names dashboards already query.
 
 gRPC: go-grpc-prometheus's ``grpc_server_handled_total`` and ``grpc_server_handling_seconds``.
-Domain: ``gss_*`` with base units; labels are bounded (galaxy, signal, method, code), never ids.
+Domain: ``gss_*`` with base units; labels are bounded (galaxy, signal, version, method, code),
+never ids.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 import gss
 from contract.keys import split_store_key
 from contract.metrics import LATENCY_BUCKETS
+from contract.registry import GalaxySpec, Registry, SignalSpec
 from store import records
 from store.db import Write
 
@@ -49,6 +51,16 @@ VALUES_WRITTEN = Counter(
     "gss_values_written_total",
     "Signal records offered to the store, by galaxy and outcome (applied, skipped).",
     ["galaxy", "outcome"],
+)
+DEPRECATED_LOOKUPS = Counter(
+    "gss_deprecated_signal_lookups_total",
+    "GetSignals cells asking for a deprecated signal version, by galaxy, signal and version.",
+    ["galaxy", "signal", "version"],
+)
+DEPRECATED_WRITES = Counter(
+    "gss_deprecated_signal_writes_total",
+    "Values of a deprecated signal version applied to the store, by galaxy, signal and version.",
+    ["galaxy", "signal", "version"],
 )
 STORE_SIZE = Gauge("gss_store_size_bytes", "SST files plus memtables of the signal store.")
 STORE_KEYS = Gauge("gss_store_values", "Estimated stored values, by galaxy.", ["galaxy"])
@@ -85,14 +97,36 @@ FRESHNESS = FreshnessCollector()
 REGISTRY.register(FRESHNESS)
 
 
-def record_apply(writes: Sequence[Write], applied: list[bool], key_lengths: dict[str, int]) -> None:
-    """Count applied and skipped writes per galaxy and feed the freshness gauge."""
+def count_deprecated_lookups(galaxy: GalaxySpec, specs: Sequence[SignalSpec], ids: int) -> None:
+    """Count a GetSignals call's cells of deprecated versions: one add per requested signal.
+    Callers test ``galaxy.deprecated_refs`` first, so lookups of galaxies with no deprecated
+    version pay nothing more."""
+    for spec in specs:
+        if spec.deprecated:
+            DEPRECATED_LOOKUPS.labels(galaxy.name, spec.name, str(spec.version)).inc(ids)
+
+
+def record_apply(
+    writes: Sequence[Write],
+    applied: list[bool],
+    key_lengths: dict[str, int],
+    registry: Registry | None = None,
+) -> None:
+    """Count applied and skipped writes per galaxy (and those of deprecated versions, given the
+    registry) and feed the freshness gauge."""
     counts: dict[tuple[str, str], int] = {}
+    deprecated: dict[tuple[str, str, int], int] = {}
     for write, ok in zip(writes, applied, strict=True):
         outcome = "applied" if ok else "skipped"
         counts[(write.galaxy, outcome)] = counts.get((write.galaxy, outcome), 0) + 1
         if ok:
             _, name, version = split_store_key(write.key, key_lengths[write.galaxy])
             FRESHNESS.note(write.galaxy, f"{name}@{version}", records.event_time_us(write.stored))
-    for (galaxy, outcome), n in counts.items():
-        VALUES_WRITTEN.labels(galaxy, outcome).inc(n)
+            galaxy = registry.galaxies.get(write.galaxy) if registry is not None else None
+            if galaxy is not None and (name, version) in galaxy.deprecated_refs:
+                key = (write.galaxy, name, version)
+                deprecated[key] = deprecated.get(key, 0) + 1
+    for (galaxy_name, outcome), n in counts.items():
+        VALUES_WRITTEN.labels(galaxy_name, outcome).inc(n)
+    for (galaxy_name, name, version), n in deprecated.items():
+        DEPRECATED_WRITES.labels(galaxy_name, name, str(version)).inc(n)

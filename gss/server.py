@@ -5,6 +5,12 @@ tests) get a plain blocking handle. grpc.aio beat grpcio's thread-pool server he
 224k keys/s on 100-key lookups and 8.3k vs 4.1k calls/s on 1-key lookups (docs/serving.md).
 Lookups run on the loop (a RocksDB multi-get is ~100 µs and releases the GIL); writes, which
 may fsync or wait for a broker, run in worker threads.
+
+A server started from ``registry_path`` follows lifecycle changes of that file (pins, version
+states; docs/serving.md, "Signal lifecycle"): on SIGHUP and when a poll sees the file change,
+it reloads it and adopts the change in place (:meth:`Registry.adopt_lifecycle`). A file that
+does not load, or that changes more than the lifecycle, is refused with a log line and the
+running registry is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from contract.errors import GssError
 from contract.registry import Registry, load_registry
 from contract.settings import Settings
 from gss import metrics
@@ -35,6 +43,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 STARTUP_TIMEOUT_SECONDS = 30.0
+# How often a server checks its registry file for lifecycle changes (besides SIGHUP).
+REGISTRY_POLL_SECONDS = 5.0
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of the file ``path`` names (following links), None if unreadable."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 @dataclass
@@ -58,6 +77,42 @@ class GssServer:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # The changelog ingester, outbox publisher and watch source, when a broker is configured.
     events: EventsRuntime | None = None
+    # The registry file this server follows (None when it was handed a registry).
+    registry_path: Path | None = None
+    _registry_state: tuple[int, int, int] | None = None
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reload_registry(self) -> bool:
+        """Reload the registry file and adopt its lifecycle changes (pins, states, descriptions).
+
+        True when the running registry now matches the file; False when the file was refused
+        (it does not load, or it changes more than the lifecycle: that needs a restart), in
+        which case the running registry is kept. Each outcome is logged.
+        """
+        if self.registry_path is None:
+            return False
+        with self._reload_lock:
+            self._registry_state = _file_state(self.registry_path)
+            try:
+                changes = self.registry.adopt_lifecycle(load_registry(self.registry_path))
+            except GssError as exc:
+                log.error("registry_reload_refused", path=str(self.registry_path), error=str(exc))
+                return False
+            log.info("registry_reloaded", path=str(self.registry_path), changes=changes)
+            return True
+
+    def _poll_registry(self, interval: float) -> None:
+        while not self._stopped.wait(interval):
+            if _file_state(self.registry_path) != self._registry_state:  # type: ignore[arg-type]
+                self.reload_registry()
+
+    def follow_registry(self, interval: float = REGISTRY_POLL_SECONDS) -> None:
+        """Reload the registry whenever its file changes, checking every ``interval`` seconds."""
+        if self.registry_path is None:
+            return
+        threading.Thread(
+            target=self._poll_registry, args=(interval,), name="gss-registry", daemon=True
+        ).start()
 
     @property
     def address(self) -> str:
@@ -92,14 +147,20 @@ class GssServer:
         return self._stopped.wait(timeout)
 
     def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT drain and stop the server (call from the main thread)."""
+        """SIGTERM and SIGINT drain and stop the server; SIGHUP reloads the registry (call from
+        the main thread)."""
 
         def handle(signum: int, _frame: object) -> None:
             log.info("signal_received", signal=signal.Signals(signum).name)
             threading.Thread(target=self.stop, name="gss-shutdown", daemon=True).start()
 
+        def reload(signum: int, _frame: object) -> None:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            threading.Thread(target=self.reload_registry, name="gss-reload", daemon=True).start()
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, reload)
 
 
 async def _build_grpc_server(
@@ -146,18 +207,26 @@ def start_server(
     store: SignalStore | None = None,
     changelog: ChangelogWriter | None = None,
     watch: WatchSource | None = None,
+    registry_poll_seconds: float | None = REGISTRY_POLL_SECONDS,
 ) -> GssServer:
     """Open the store, load the registry, and serve. Port 0 picks a free port.
 
     With ``kafka.bootstrap_servers`` set (and no ``changelog`` given), the Kafka side starts
     first: changelog ingester, outbox publisher, PutSignals through the changelog and
     WatchSignals (gss.kafka.events_runtime); it stops after calls drain, before the store closes.
+
+    A registry loaded here (none given) is followed: its file is checked for lifecycle changes
+    every ``registry_poll_seconds`` (None: only on SIGHUP or :meth:`GssServer.reload_registry`).
     """
     server_settings = settings.server
+    registry_path = None if registry is not None else Path(settings.registry_path)
+    registry_state = _file_state(registry_path) if registry_path is not None else None
     registry = registry or load_registry(settings.registry_path)
     store = store or open_store(settings, registry)
     key_lengths = {galaxy.name: galaxy.codec.length for galaxy in registry}
-    store.on_apply = functools.partial(metrics.record_apply, key_lengths=key_lengths)
+    store.on_apply = functools.partial(
+        metrics.record_apply, key_lengths=key_lengths, registry=registry
+    )
     events = None
     if changelog is None and settings.kafka.bootstrap_servers:
         from gss.kafka.events_runtime import EventsRuntime
@@ -218,7 +287,11 @@ def start_server(
         thread,
         metrics_server,
         events=events,
+        registry_path=registry_path,
+        _registry_state=registry_state,
     )
     if events is not None:
         server.on_stop.append(events.stop)
+    if registry_poll_seconds is not None:
+        server.follow_registry(registry_poll_seconds)
     return server

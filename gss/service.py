@@ -18,7 +18,7 @@ import structlog
 from google.protobuf.message import Message
 
 from contract.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
-from contract.registry import GalaxySpec, Registry
+from contract.registry import GalaxySpec, Registry, SignalState
 from contract.settings import ServerSettings
 from contract.v1 import envelope_pb2, signal_service_pb2
 from gss import metrics, reads
@@ -38,6 +38,10 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 SLOW_CALL_SECONDS = 0.25
 
 Req = TypeVar("Req", bound=Message)
+_STATES = {
+    SignalState.ACTIVE: signal_service_pb2.SIGNAL_STATE_ACTIVE,
+    SignalState.DEPRECATED: signal_service_pb2.SIGNAL_STATE_DEPRECATED,
+}
 
 
 class ChangelogWriter(Protocol):
@@ -154,6 +158,8 @@ class SignalService:
                 specs.append(galaxy.signal(ref.name, ref.version))
             except NotFoundError as exc:
                 raise NotFoundError(f"signals[{j}]: {exc}") from None
+        if galaxy.deprecated_refs:
+            metrics.count_deprecated_lookups(galaxy, specs, len(request.entity_ids))
         body, counts = reads.lookup(self.store, galaxy, request.entity_ids, specs)
         metrics.LOOKUP_CELLS.labels(galaxy.name, "found").inc(counts.found)
         if counts.not_found:
@@ -294,6 +300,8 @@ def galaxy_message(galaxy: GalaxySpec) -> signal_service_pb2.Galaxy:
             value_type=spec.value_type,
             description=spec.description,
             inline_value=spec.inline_value,
+            is_default=galaxy.is_default(spec),
+            state=_STATES[spec.state],
         )
         if spec.ttl is not None:
             signal.ttl.FromTimedelta(spec.ttl)

@@ -81,7 +81,8 @@ global___Envelope = Envelope
 
 @typing.final
 class SignalRef(google.protobuf.message.Message):
-    """Names one signal of a galaxy. version 0 means "the latest registered version" in lookups;
+    """Names one signal of a galaxy. version 0 (a bare name) means the pinned default version of
+    the name in lookups (the registry's `defaults:`), never simply the highest registered one;
     writes must name their version.
     """
 

@@ -69,6 +69,26 @@ WRITE_OUTCOME_ACCEPTED: WriteOutcome.ValueType  # 3
 """Appended to the galaxy's changelog; readable once the ingester applies it."""
 global___WriteOutcome = WriteOutcome
 
+class _SignalState:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _SignalStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_SignalState.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    SIGNAL_STATE_UNSPECIFIED: _SignalState.ValueType  # 0
+    SIGNAL_STATE_ACTIVE: _SignalState.ValueType  # 1
+    SIGNAL_STATE_DEPRECATED: _SignalState.ValueType  # 2
+    """Still readable (and writable); lookups of it are counted (gss_deprecated_signal_lookups_total)."""
+
+class SignalState(_SignalState, metaclass=_SignalStateEnumTypeWrapper):
+    """Where a signal version is in its lifecycle (docs/serving.md, "Signal lifecycle")."""
+
+SIGNAL_STATE_UNSPECIFIED: SignalState.ValueType  # 0
+SIGNAL_STATE_ACTIVE: SignalState.ValueType  # 1
+SIGNAL_STATE_DEPRECATED: SignalState.ValueType  # 2
+"""Still readable (and writable); lookups of it are counted (gss_deprecated_signal_lookups_total)."""
+global___SignalState = SignalState
+
 @typing.final
 class GetSignalsRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
@@ -106,7 +126,7 @@ class SignalCell(google.protobuf.message.Message):
     ENVELOPE_FIELD_NUMBER: builtins.int
     status: global___CellStatus.ValueType
     version: builtins.int
-    """The version the value belongs to (resolves "latest")."""
+    """The version the value belongs to (resolves a bare name to the pinned default version)."""
     @property
     def value(self) -> google.protobuf.any_pb2.Any:
         """Set when FOUND."""
@@ -261,6 +281,8 @@ class Signal(google.protobuf.message.Message):
     TTL_FIELD_NUMBER: builtins.int
     DESCRIPTION_FIELD_NUMBER: builtins.int
     INLINE_VALUE_FIELD_NUMBER: builtins.int
+    IS_DEFAULT_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
     name: builtins.str
     version: builtins.int
     value_type: builtins.str
@@ -268,6 +290,9 @@ class Signal(google.protobuf.message.Message):
     description: builtins.str
     inline_value: builtins.bool
     """Whether availability events carry the value inline."""
+    is_default: builtins.bool
+    """Whether this is the pinned default version of its name: what a bare name (version 0) means."""
+    state: global___SignalState.ValueType
     @property
     def ttl(self) -> google.protobuf.duration_pb2.Duration:
         """Unset: values never expire."""
@@ -281,9 +306,11 @@ class Signal(google.protobuf.message.Message):
         ttl: google.protobuf.duration_pb2.Duration | None = ...,
         description: builtins.str = ...,
         inline_value: builtins.bool = ...,
+        is_default: builtins.bool = ...,
+        state: global___SignalState.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["ttl", b"ttl"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["description", b"description", "inline_value", b"inline_value", "name", b"name", "ttl", b"ttl", "value_type", b"value_type", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["description", b"description", "inline_value", b"inline_value", "is_default", b"is_default", "name", b"name", "state", b"state", "ttl", b"ttl", "value_type", b"value_type", "version", b"version"]) -> None: ...
 
 global___Signal = Signal
 
@@ -332,7 +359,9 @@ class WatchSignalsRequest(google.protobuf.message.Message):
     from_beginning: builtins.bool
     @property
     def signals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[contract.v1.envelope_pb2.SignalRef]:
-        """Only these signals (name; version 0 = any version). Empty: all signals of the galaxy."""
+        """Only these signals (version 0 = the pinned default version when the stream starts).
+        Empty: all signals of the galaxy.
+        """
 
     @property
     def resume_after(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WatchPosition]:

@@ -1,4 +1,5 @@
-"""Compute verbs: ``gss signal test`` and ``gss compute run | generate | plugins | jars``."""
+"""Compute verbs: ``gss signal test`` and ``gss compute run | generate | plugins | jars``; the
+``signal`` group also holds the lifecycle verbs (``promote``, ``deprecate``: gss/cli/lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import click
 
+from gss.cli import lifecycle
 from gss.cli.context import CliContext, pass_cli
 
 
 @click.group("signal")
 def signal_group() -> None:
-    """Develop signals: run plugins locally over events."""
+    """Develop signals (run plugins locally over events) and move them through their
+    lifecycle (promote a version to default, deprecate one)."""
 
 
 @signal_group.command("test")
@@ -236,6 +239,9 @@ def compute_jars(cli: CliContext, directory: Path | None) -> None:
 
     for path in ensure_jars(directory or cli.settings().compute.jars_dir):
         click.echo(str(path))
+
+
+lifecycle.register(signal_group)
 
 
 def register(main: click.Group) -> None:

@@ -85,7 +85,7 @@ def serve(cli: CliContext, host: str | None, port: int | None, data: str | None)
     "signals",
     multiple=True,
     required=True,
-    help="Signal as name (latest version) or name@version; repeat for more.",
+    help="Signal as name (its pinned default version) or name@version; repeat for more.",
 )
 @target_option
 @json_option
@@ -244,9 +244,21 @@ def galaxies(cli: CliContext, target: str | None, as_json: bool) -> None:
         click.echo(
             f"{galaxy.name}  (key {galaxy.key_type}, {galaxy.partitions} partitions)  {galaxy.description}"
         )
+        names = [spec.name for spec in galaxy.signals]
         for spec in galaxy.signals:
             ttl = f", ttl {spec.ttl.ToTimedelta()}" if spec.HasField("ttl") else ""
-            click.echo(f"  {spec.name}@{spec.version}  {spec.value_type}{ttl}  {spec.description}")
+            # [default] only where there is a choice: names with more than one version.
+            flags = "".join(
+                f"  [{flag}]"
+                for flag, on in (
+                    ("default", spec.is_default and names.count(spec.name) > 1),
+                    ("deprecated", spec.state == signal_service_pb2.SIGNAL_STATE_DEPRECATED),
+                )
+                if on
+            )
+            click.echo(
+                f"  {spec.name}@{spec.version}{flags}  {spec.value_type}{ttl}  {spec.description}"
+            )
 
 
 @click.command()

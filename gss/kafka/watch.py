@@ -50,19 +50,13 @@ def signal_filter(
     galaxy: GalaxySpec, signals: Mapping[str, int] | None
 ) -> Callable[[bytes], bool] | None:
     """A test on an event's ``gss-signal`` header (``name@version``); None lets all through.
-    ``signals`` maps names to a version, 0 meaning any version. Unknown signals raise
+    ``signals`` maps names to a version, 0 meaning the pinned default version of the name
+    (resolved once, here: a stream keeps the version it started with). Unknown signals raise
     NotFoundError."""
     if not signals:
         return None
-    for name, version in signals.items():
-        galaxy.signal(name, version)
-    wanted = {(name, version) for name, version in signals.items()}
-
-    def accept(header: bytes) -> bool:
-        name, _, version = header.decode().partition("@")
-        return (name, 0) in wanted or (name, int(version or 0)) in wanted
-
-    return accept
+    wanted = {galaxy.signal(name, version).ref.encode() for name, version in signals.items()}
+    return wanted.__contains__
 
 
 class AvailableReader:

@@ -34,19 +34,103 @@ def test_example_registry_declares_the_issue_signals(registry: Registry) -> None
     assert pins.signal("save_count_1h").ttl == timedelta(hours=2)
 
 
-def test_version_zero_resolves_to_the_latest(tmp_path: Path) -> None:
-    """A lookup without a version gets the highest registered version."""
-    path = write_registry(
-        tmp_path,
-        {
-            "g": galaxy(
+def three_versions(**extra: object) -> dict[str, object]:
+    return {
+        "g": {
+            **galaxy(
                 {"name": "s", "version": 1, "value_type": "gss.v1.DHash"},
                 {"name": "s", "version": 3, "value_type": "gss.v1.DHash"},
                 {"name": "s", "version": 2, "value_type": "gss.v1.DHash"},
-            )
-        },
-    )
-    assert load_registry(path).galaxy("g").signal("s").version == 3
+            ),
+            **extra,
+        }
+    }
+
+
+def test_version_zero_resolves_to_the_pinned_default(tmp_path: Path) -> None:
+    """A lookup without a version gets the pinned default version, not the highest one.
+    (Replaces test_version_zero_resolves_to_the_latest, which encoded the old behaviour.)"""
+    g = load_registry(write_registry(tmp_path, three_versions(defaults={"s": 2}))).galaxy("g")
+    assert g.signal("s").version == 2
+    assert g.signal("s", 0) is g.signal("s", 2)
+    assert g.signal("s", 3).version == 3
+    assert g.default_version("s") == 2
+    assert [g.is_default(spec) for spec in g.signals] == [False, False, True]
+
+
+def test_registering_a_new_version_keeps_bare_names_on_the_old_one(tmp_path: Path) -> None:
+    """Issue 10's regression: adding s@2 (pinned to @1) leaves bare 's' meaning s@1."""
+    one = {"name": "s", "version": 1, "value_type": "gss.v1.DHash"}
+    before = load_registry(write_registry(tmp_path, {"g": galaxy(one)})).galaxy("g")
+    assert before.signal("s").version == 1  # one version: the default implicitly
+    two = {"name": "s", "version": 2, "value_type": "gss.v1.DHash"}
+    g = {**galaxy(one, two), "defaults": {"s": 1}}
+    after = load_registry(write_registry(tmp_path, {"g": g})).galaxy("g")
+    assert after.signal("s").version == 1
+    assert after.signal("s").key_suffix == before.signal("s").key_suffix
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({}, "signal 's' has versions 1, 2, 3 and no pinned default: add `defaults: {s: N}`"),
+        (
+            {"defaults": {"s": 5}},
+            r"defaults pins s@5, which is not registered \(registered: s@1, s@2, s@3\)",
+        ),
+        (
+            {"defaults": {"s": 1, "t": 1}},
+            "defaults pins t@1, but no version of signal 't' is registered",
+        ),
+    ],
+)
+def test_pins_are_checked_naming_what_is_wrong(
+    tmp_path: Path, extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        load_registry(write_registry(tmp_path, three_versions(**extra)))
+
+
+def test_deprecated_versions_stay_resolvable_but_never_the_default(tmp_path: Path) -> None:
+    """state: deprecated keeps the version readable; the pinned default cannot be deprecated."""
+    g = {
+        "key": {"type": "int64"},
+        "defaults": {"s": 2},
+        "signals": [
+            {"name": "s", "version": 1, "value_type": "gss.v1.DHash", "state": "deprecated"},
+            {"name": "s", "version": 2, "value_type": "gss.v1.DHash"},
+        ],
+    }
+    loaded = load_registry(write_registry(tmp_path, {"g": g})).galaxy("g")
+    assert loaded.signal("s", 1).deprecated
+    assert not loaded.signal("s").deprecated
+    assert loaded.deprecated_refs == {("s", 1)}
+    g["defaults"] = {"s": 1}
+    with pytest.raises(InvalidArgumentError, match="s@1 is deprecated but is the pinned default"):
+        load_registry(write_registry(tmp_path, {"g": g}))
+    sole = galaxy({"name": "s", "version": 1, "value_type": "gss.v1.DHash", "state": "deprecated"})
+    with pytest.raises(InvalidArgumentError, match="pinned default"):
+        load_registry(write_registry(tmp_path, {"g": sole}))
+    bad = galaxy({"name": "s", "version": 1, "value_type": "gss.v1.DHash", "state": "retired"})
+    with pytest.raises(InvalidArgumentError, match="state"):
+        load_registry(write_registry(tmp_path, {"g": bad}))
+
+
+def test_adopt_lifecycle_takes_pins_and_states_only(tmp_path: Path) -> None:
+    """A running registry adopts new pins and states in place; other changes are refused."""
+    running = load_registry(write_registry(tmp_path, three_versions(defaults={"s": 1})))
+    held = running.galaxy("g")
+    promoted = three_versions(defaults={"s": 3})
+    promoted["g"]["signals"][0]["state"] = "deprecated"  # type: ignore[index]
+    changes = running.adopt_lifecycle(load_registry(write_registry(tmp_path, promoted)))
+    assert changes == ["g/s: default s@1 -> s@3", "g/s@1: active -> deprecated"]
+    assert running.galaxy("g").signal("s").version == 3
+    assert held.signal("s").version == 1  # specs are frozen: holders of the old one keep it
+    retyped = three_versions(defaults={"s": 3})
+    retyped["g"]["signals"][2]["value_type"] = "gss.v1.Embedding"  # type: ignore[index]
+    with pytest.raises(InvalidArgumentError, match="restart to apply"):
+        running.adopt_lifecycle(load_registry(write_registry(tmp_path, retyped)))
+    assert running.galaxy("g").signal("s").version == 3
 
 
 def test_unknown_galaxy_and_signal_name_what_is_known(registry: Registry) -> None:
