@@ -19,7 +19,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-AREAS = ("lookup", "events", "compute", "triton", "export")
+AREAS = ("lookup", "events", "compute", "triton", "export", "history")
 BENCH_DIR = Path(__file__).resolve().parent
 REPORT = BENCH_DIR / "report.json"
 

@@ -185,6 +185,41 @@ class ExportSettings(BaseModel):
     location_uri: str | None = None
 
 
+class ArchiveSettings(BaseModel):
+    """The topic archive: Kafka topics copied into immutable files (docs/history.md)."""
+
+    # A local directory, or an object-store URI: s3://bucket/prefix (the s3_* options below).
+    root: str = "./gss-data/archive"
+    # Topics to archive; None: every galaxy's changelog plus content_topics.
+    topics: list[str] | None = None
+    # The content topics the compute plugins read (the server cannot see the plugins).
+    content_topics: list[str] = Field(default_factory=lambda: ["content.images", "content.pins"])
+    # A partition's buffered records become one batch (files + a commit marker) when any of
+    # these is reached: records, uncompressed bytes, seconds since its first buffered record.
+    max_file_records: int = Field(default=50_000, ge=1)
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_file_seconds: float = Field(default=60.0, gt=0)
+    # Offsets are also committed to this consumer group, for lag monitoring only: the archive's
+    # commit markers, not the group, say where the archiver resumes.
+    group_id: str = "gss-archive"
+    commit_to_kafka: bool = True
+    # gzip level of the .jsonl.gz files (1 fastest .. 9 smallest).
+    compression_level: int = Field(default=6, ge=1, le=9)
+    # How often topics and partitions are listed again (new partitions, recreated topics).
+    topic_check_interval_seconds: float = Field(default=30.0, gt=0)
+    # Retries of an unreachable broker or object store back off up to this long.
+    retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    # S3 (and S3-compatible stores): endpoint host:port or http(s)://host:port (None: AWS),
+    # region, and credentials (None: the AWS default chain: env, ~/.aws, instance role).
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    # Prometheus metrics of `gss archive run` over HTTP; 0 picks a free port, -1 turns it off.
+    metrics_port: int = 9466
+    metrics_host: str = "127.0.0.1"
+
+
 class Settings(BaseSettings):
     """Everything GSS reads at start-up. See the module docstring for precedence."""
 
@@ -205,6 +240,7 @@ class Settings(BaseSettings):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
     @classmethod
     def settings_customise_sources(

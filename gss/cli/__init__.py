@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gss.cli import archive as archive
 from gss.cli import compute as compute
 from gss.cli import events as events
 from gss.cli import export as export
@@ -33,5 +34,6 @@ models.register(main)
 compute.register(main)
 export.register(main)
 events.register(main)
+archive.register(main)
 
 __all__ = ["CliContext", "main", "pass_cli"]
