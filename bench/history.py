@@ -11,7 +11,29 @@ header, a tenth an hour late) are produced evenly to a 4-partition topic of a lo
    produced offset: records/s from its start (start-up, recovery and fsyncs included);
 3. archive to S3: the same into a local moto server (``GSS_BENCH_HISTORY_S3=0`` skips it).
 
-Returns the ``history`` section of bench/report.json (its ``archive`` key).
+And the store rebuild (``rebuild`` key): ``GSS_BENCH_HISTORY_REBUILD_RECORDS`` (default
+100,000) valid ``images/dhash@1`` changelog records (a fifth of them superseding earlier
+ones) on the 4-partition changelog of a local broker, archived to a local directory, then
+materialised twice into fresh stores, same run, both with ``sync_writes=False`` (the rebuild's
+setting; one WAL fsync at the end):
+
+1. replaying the changelog from Kafka through the changelog ingester (from offset 0; it
+   writes availability events to the outbox too, as it does live): records/s until it
+   committed the last offset of every partition;
+2. ``gss store rebuild`` from the archive (:func:`gss.rebuild.rebuild_store`, batches of
+   10,000): records/s, reading, decoding and the final flush included.
+
+And the replay (``replay`` key): ``GSS_BENCH_HISTORY_REPLAY_RECORDS`` (default 100,000)
+records produced and archived to a local directory as above, then ``gss replay`` at
+``--speed max`` (:class:`gss.archive.replay.Replayer`: reading and decoding the archive,
+merging the partitions, producing with ``producer_config``, the final flush included) into a
+fresh topic: records/s, against a raw produce of the same records (key, value, headers) from
+memory with the same producer options into another fresh topic.
+
+``GSS_BENCH_HISTORY_PARTS`` (default ``archive,rebuild,replay``) picks the parts; bench/run.py keeps
+the keys of this section that a run does not measure.
+
+Returns the ``history`` section of bench/report.json.
 """
 
 from __future__ import annotations
@@ -29,12 +51,23 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from contract import logs
 from contract.kafka import consume_available, consumer_config, producer_config
+from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
 from contract.settings import ArchiveSettings, KafkaSettings
+from contract.topics import TopicKind, ensure_topics, topic_name
+from contract.v1 import envelope_pb2, signals_pb2
 from gss.archive import commits
 from gss.archive.archiver import Archiver
+from gss.archive.layout import ArchivedRecord
+from gss.archive.reader import read_partition
+from gss.archive.replay import Replayer, ReplayPlan, merge_partitions
 from gss.archive.storage import open_storage
+from gss.kafka.changelog import changelog_key
+from gss.kafka.ingester import Ingester
+from gss.kafka.outbox import Outbox
 from gss.local.broker import LocalBroker
 from gss.local.s3 import LocalS3
+from gss.rebuild import rebuild_store, verify_stores
+from store.db import SignalStore
 
 TOPIC = "bench.history"
 PARTITIONS = 4
@@ -121,11 +154,7 @@ def archive_rate(
     return sum(o + 1 for o in last.values()) / elapsed, archiver.stats.files
 
 
-def run(report_dir: Path) -> dict[str, Any]:
-    logs.configure("WARNING", "json")
-    count = int(os.environ.get("GSS_BENCH_HISTORY_RECORDS", "200000"))
-    batch = int(os.environ.get("GSS_BENCH_HISTORY_BATCH", "25000"))
-    with_s3 = os.environ.get("GSS_BENCH_HISTORY_S3", "1") != "0"
+def archive_section(count: int, batch: int, with_s3: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gss-bench-history-"))
     base = {"max_file_records": batch, "max_file_seconds": 1.0, "metrics_port": -1}
     try:
@@ -158,7 +187,188 @@ def run(report_dir: Path) -> dict[str, Any]:
     if s3_rate is not None:
         archive["archive_s3_moto_records_per_s"] = round(s3_rate)
         archive["archive_s3_moto_vs_raw_ratio"] = round(s3_rate / raw, 3)
-    return {"archive": archive}
+    return archive
+
+
+def _changelog_record(entity: int, n: int, base_ns: int) -> envelope_pb2.SignalRecord:
+    record = envelope_pb2.SignalRecord(
+        galaxy="images",
+        entity_id=entity.to_bytes(16, "big").hex(),
+        signal=envelope_pb2.SignalRef(name="dhash", version=1),
+    )
+    record.value.Pack(signals_pb2.DHash(hash=n * 2654435761 % 2**64))
+    record.envelope.event_time.FromNanoseconds(base_ns + n)
+    record.envelope.producer = "bench"
+    return record
+
+
+def rebuild_section(count: int) -> dict[str, Any]:
+    """Store rebuild from the archive against replaying the changelog from Kafka."""
+    registry = load_registry(DEFAULT_REGISTRY_PATH)
+    work = Path(tempfile.mkdtemp(prefix="gss-bench-rebuild-"))
+    galaxies = list(registry.galaxies)
+    try:
+        with LocalBroker() as broker:
+            kafka = KafkaSettings(
+                bootstrap_servers=broker.bootstrap_servers,
+                changelog_topic="bench.{galaxy}.changelog",
+                available_topic="bench.{galaxy}.available",
+                dlq_topic="bench.{galaxy}.dlq",
+            )
+            ensure_topics(kafka, registry, timeout_seconds=10)
+            topic = topic_name(kafka, TopicKind.CHANGELOG, "images")
+            producer = Producer(
+                producer_config(kafka, "gss-bench-rebuild", delivery_timeout_seconds=60)
+            )
+            last: dict[int, int] = {}
+
+            def report(err: Any, msg: Any) -> None:
+                if err is None:
+                    last[msg.partition()] = max(msg.offset(), last.get(msg.partition(), -1))
+
+            base = time.time_ns()
+            distinct = max(1, count * 4 // 5)  # a fifth of the records supersede earlier ones
+            for n in range(count):
+                record = _changelog_record(n % distinct, n, base)
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            value=record.SerializeToString(),
+                            key=changelog_key(registry, record),
+                            on_delivery=report,
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            if producer.flush(120):
+                raise RuntimeError("the benchmark's records were not all acknowledged")
+            wanted = {(topic, p): o for p, o in last.items()}
+            archive = ArchiveSettings.model_validate(
+                {"root": str(work / "archive"), "max_file_seconds": 1.0, "metrics_port": -1}
+            )
+            storage = open_storage(archive)
+            archiver = Archiver(archive, kafka, [topic], storage)
+            thread = threading.Thread(
+                target=archiver.run, kwargs={"duration_seconds": 600}, daemon=True
+            )
+            thread.start()
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline and not all(
+                    (m := commits.newest_marker(storage, t, p)) is not None and m.last_offset >= o
+                    for (t, p), o in wanted.items()
+                ):
+                    time.sleep(0.05)
+            finally:
+                archiver.stop()
+                thread.join(60)
+            with SignalStore(work / "kafka", galaxies, sync_writes=False) as replayed:
+                ingester = Ingester(replayed, registry, kafka, Outbox(replayed, registry, kafka))
+                positions = [
+                    envelope_pb2.ChangelogPosition(topic=t, partition=p, offset=o)
+                    for (t, p), o in wanted.items()
+                ]
+                start = time.perf_counter()
+                ingester.start()
+                done = ingester.wait_applied(positions, timeout_seconds=600)
+                replayed.flush()
+                kafka_seconds = time.perf_counter() - start
+                ingester.stop()
+                if not done:
+                    raise RuntimeError("the ingester did not catch up in 600 s")
+                with SignalStore(work / "rebuilt", galaxies, sync_writes=False) as rebuilt:
+                    stats = rebuild_store(rebuilt, registry, kafka, storage)
+                    if stats.records != count:
+                        raise RuntimeError(f"rebuilt {stats.records} of {count} records")
+                    equal = verify_stores(replayed, rebuilt, registry, kafka).equal
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not equal:
+        raise RuntimeError("the rebuilt store differs from the one the ingester made")
+    kafka_rate = count / kafka_seconds
+    return {
+        "records": count,
+        "partitions": len(last),
+        "distinct_keys": distinct,
+        "batch_records": 10_000,
+        "sync_writes": False,
+        "ingester_from_kafka_records_per_s": round(kafka_rate),
+        "rebuild_from_archive_records_per_s": round(stats.records_per_s),
+        "rebuild_vs_ingester_ratio": round(stats.records_per_s / kafka_rate, 3),
+        "rebuilt_equals_replayed": equal,
+    }
+
+
+def replay_section(count: int) -> dict[str, Any]:
+    """gss replay at max speed against a raw produce of the same records from memory."""
+    work = Path(tempfile.mkdtemp(prefix="gss-bench-replay-"))
+    settings = ArchiveSettings.model_validate(
+        {"root": str(work / "archive"), "max_file_records": 25_000, "metrics_port": -1}
+    )
+    try:
+        with LocalBroker() as broker:
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+            archive_rate(kafka, settings, produce(kafka, count))
+            storage = open_storage(settings)
+            raw_topic, replay_topic = f"{TOPIC}.raw-produce", f"{TOPIC}.replay"
+            admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+            topics = [NewTopic(t, PARTITIONS, -1) for t in (raw_topic, replay_topic)]
+            for future in admin.create_topics(topics).values():
+                future.result(10)
+            streams = [read_partition(storage, TOPIC, p) for p in range(PARTITIONS)]
+            records: list[ArchivedRecord] = list(merge_partitions(streams))
+            producer = Producer(
+                producer_config(kafka, "gss-bench-raw-produce", delivery_timeout_seconds=60)
+            )
+            start = time.perf_counter()
+            for r in records:
+                while True:
+                    try:
+                        producer.produce(
+                            raw_topic, value=r.value, key=r.key, headers=list(r.headers)
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                producer.poll(0)
+            if producer.flush(120):
+                raise RuntimeError("the raw produce was not all acknowledged")
+            raw = len(records) / (time.perf_counter() - start)
+            stats = Replayer(kafka, storage, ReplayPlan(TOPIC, replay_topic)).run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if stats.records != count or stats.failed or stats.unflushed:
+        raise RuntimeError(f"the replay sent {stats.records} of {count} records: {stats}")
+    return {
+        "records": count,
+        "partitions": PARTITIONS,
+        "speed": "max",
+        "raw_produce_records_per_s": round(raw),
+        "replay_max_records_per_s": round(stats.records_per_s),
+        "replay_vs_raw_produce_ratio": round(stats.records_per_s / raw, 3),
+    }
+
+
+def run(report_dir: Path) -> dict[str, Any]:
+    logs.configure("WARNING", "json")
+    parts = os.environ.get("GSS_BENCH_HISTORY_PARTS", "archive,rebuild,replay").split(",")
+    out: dict[str, Any] = {}
+    if "archive" in parts:
+        out["archive"] = archive_section(
+            int(os.environ.get("GSS_BENCH_HISTORY_RECORDS", "200000")),
+            int(os.environ.get("GSS_BENCH_HISTORY_BATCH", "25000")),
+            os.environ.get("GSS_BENCH_HISTORY_S3", "1") != "0",
+        )
+    if "rebuild" in parts:
+        out["rebuild"] = rebuild_section(
+            int(os.environ.get("GSS_BENCH_HISTORY_REBUILD_RECORDS", "100000"))
+        )
+    if "replay" in parts:
+        out["replay"] = replay_section(
+            int(os.environ.get("GSS_BENCH_HISTORY_REPLAY_RECORDS", "100000"))
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m bench.run                 # every area
     python -m bench.run lookup events   # some areas; other sections of the report are kept
+                                        # (and keys of a section a run did not measure)
 
 Each area is a module bench/<area>.py with ``run(report_dir) -> dict``; its result becomes
 the report's section of the same name. Figures are measured against a baseline in the same
@@ -37,7 +38,10 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"bench.{area}")
-            report[area] = module.run(BENCH_DIR)
+            result = module.run(BENCH_DIR)
+            previous = report.get(area)
+            # An area that measured only some of its parts keeps the others' figures.
+            report[area] = {**previous, **result} if isinstance(previous, dict) else result
         except Exception:
             traceback.print_exc()
             failed.append(area)

@@ -8,6 +8,7 @@ value (a subscriber may ignore headers). Names are lower-case; values are bytes.
 | changelog | ``content-type`` (optional) |
 | available | ``gss-event-id``, ``gss-signal`` (``name@version``), ``content-type`` |
 | dlq | ``content-type`` (ingester only: PyFlink's Kafka sink writes no headers) |
+| any topic ``gss replay`` writes | the archived record's own headers, then ``gss-replay-of`` |
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ CONTENT_TYPE = "content-type"
 EVENT_ID = "gss-event-id"
 # The signal an availability event announces, ``name@version``: filter without decoding.
 SIGNAL = "gss-signal"
+# Added by ``gss replay`` to every record it produces again: ``topic:partition:offset`` (ASCII)
+# of the archived original, so a replayed record is never mistaken for production traffic.
+REPLAY_OF = "gss-replay-of"
 
 SIGNAL_RECORD_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalRecord"
 SIGNAL_AVAILABLE_CONTENT_TYPE = b"application/x-protobuf; messageType=gss.v1.SignalAvailable"

@@ -9,7 +9,9 @@ from gss.cli import compute as compute
 from gss.cli import events as events
 from gss.cli import export as export
 from gss.cli import models as models
+from gss.cli import replay as replay
 from gss.cli import serving as serving
+from gss.cli import store as store
 from gss.cli.context import CliContext, pass_cli
 
 
@@ -35,5 +37,7 @@ compute.register(main)
 export.register(main)
 events.register(main)
 archive.register(main)
+store.register(main)
+replay.register(main)
 
 __all__ = ["CliContext", "main", "pass_cli"]

@@ -19,8 +19,8 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 from confluent_kafka import (
@@ -181,6 +181,58 @@ def dead_letter_entry(galaxy: GalaxySpec, msg: Message, error: DeadLetter) -> Ou
         deadletter.serialize(letter),
         ((headers.CONTENT_TYPE, deadletter.CONTENT_TYPE),),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record of a batch that became a dead letter: its galaxy, position and why."""
+
+    galaxy: str
+    position: str  # topic:partition:offset
+    error: DeadLetter
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """What one batch of changelog records turns into (:func:`decode_batch`): the writes to
+    store, the dead letters, and the next offset of every partition the batch touched."""
+
+    writes: list[Write] = field(default_factory=list)
+    dead_letters: list[OutboxEntry] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Kafka timestamps (seconds) of the oldest and newest good record per galaxy.
+    oldest: dict[str, float] = field(default_factory=dict)
+    newest: dict[str, float] = field(default_factory=dict)
+
+    def offset_meta(self) -> dict[bytes, bytes]:
+        """The meta entries storing :attr:`next_offsets` (commit them with the writes)."""
+        return {offset_key(t, p): encode_offset(o) for (t, p), o in self.next_offsets.items()}
+
+
+def decode_batch(
+    galaxy_of: Mapping[str, GalaxySpec],
+    registry: Registry,
+    msgs: Iterable[Message],
+    write_time_us: int,
+) -> DecodedBatch:
+    """The ingester's batch step, shared by the live ingester and the store rebuild
+    (gss/rebuild.py): each record (of a topic in ``galaxy_of``, changelog topic → galaxy)
+    becomes a write or a dead letter, and its partition's next offset advances past it."""
+    batch = DecodedBatch()
+    for msg in msgs:
+        topic, partition, offset = position_of(msg)
+        galaxy = galaxy_of[topic]
+        batch.next_offsets[(topic, partition)] = offset + 1
+        try:
+            batch.writes.append(decode_record(galaxy, registry, msg, write_time_us))
+            ts = msg.timestamp()[1] / 1000
+            batch.oldest[galaxy.name] = min(ts, batch.oldest.get(galaxy.name, ts))
+            batch.newest[galaxy.name] = max(ts, batch.newest.get(galaxy.name, ts))
+        except DeadLetter as exc:
+            batch.dead_letters.append(dead_letter_entry(galaxy, msg, exc))
+            batch.rejected.append(Rejected(galaxy.name, f"{topic}:{partition}:{offset}", exc))
+    return batch
 
 
 class Ingester:
@@ -385,35 +437,21 @@ class Ingester:
         return False
 
     def _apply(self, msgs: Sequence[Message]) -> None:
-        write_time = now_us()
-        writes: list[Write] = []
-        oldest: dict[str, float] = {}
-        newest: dict[str, float] = {}
-        dead: list[OutboxEntry] = []
-        next_offsets: dict[tuple[str, int], int] = {}
+        batch = decode_batch(self._galaxy_of, self.registry, msgs, now_us())
         dead_counts: Counter[tuple[str, str]] = Counter()
-        for msg in msgs:
-            topic, partition, offset = position_of(msg)
-            galaxy = self._galaxy_of[topic]
-            next_offsets[(topic, partition)] = offset + 1
-            try:
-                writes.append(decode_record(galaxy, self.registry, msg, write_time))
-                ts = msg.timestamp()[1] / 1000
-                oldest[galaxy.name] = min(ts, oldest.get(galaxy.name, ts))
-                newest[galaxy.name] = max(ts, newest.get(galaxy.name, ts))
-            except DeadLetter as exc:
-                dead.append(dead_letter_entry(galaxy, msg, exc))
-                reason = deadletter.reason_label(exc.reason)
-                dead_counts[(galaxy.name, reason)] += 1
-                log.warning(
-                    "changelog_record_dead_lettered",
-                    galaxy=galaxy.name,
-                    reason=reason,
-                    error=exc.detail,
-                    changelog_position=f"{topic}:{partition}:{offset}",
-                )
-        meta = {offset_key(t, p): encode_offset(o) for (t, p), o in next_offsets.items()}
-        result = self.outbox.apply_with_events(writes, meta=meta, dead_letters=dead)
+        for rejected in batch.rejected:
+            reason = deadletter.reason_label(rejected.error.reason)
+            dead_counts[(rejected.galaxy, reason)] += 1
+            log.warning(
+                "changelog_record_dead_lettered",
+                galaxy=rejected.galaxy,
+                reason=reason,
+                error=rejected.error.detail,
+                changelog_position=rejected.position,
+            )
+        writes, dead = batch.writes, batch.dead_letters
+        next_offsets, oldest, newest = batch.next_offsets, batch.oldest, batch.newest
+        result = self.outbox.apply_with_events(writes, meta=batch.offset_meta(), dead_letters=dead)
         committed = time.time()
         with self._applied_cond:
             self._next.update(next_offsets)

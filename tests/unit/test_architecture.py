@@ -18,6 +18,7 @@ PARTS = ("store", "gss", "compute", "clients")
 OWNED = {
     "gss-event-id": "contract/headers.py",
     "gss-signal": "contract/headers.py",
+    "gss-replay-of": "contract/headers.py",
     "content-type": "contract/headers.py",
     "murmur2_random": "contract/kafka.py",
     "gss.{galaxy}.changelog": "contract/topics.py",
