@@ -12,6 +12,7 @@ Sources, highest precedence first:
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -161,6 +162,21 @@ class ComputeSettings(BaseModel):
     jars_dir: Path | None = None
     # Extra Flink configuration, passed as is (e.g. {"taskmanager.memory.process.size": "2g"}).
     flink_config: dict[str, str] = Field(default_factory=dict)
+    # History (docs/history.md, "Unified source"): with either set, each content topic is read
+    # from the archive (archive.root) first, then from Kafka at the next offset. history_from:
+    # records with a Kafka timestamp from then on; history_positions: {topic: {partition:
+    # offset}}, records from those offsets on (partitions not named: from the beginning).
+    history_from: datetime | None = None
+    history_positions: dict[str, dict[int, int]] = Field(default_factory=dict)
+    # Records a second read from the archive, per topic (None: as fast as the job takes them).
+    history_rate_per_second: float | None = Field(default=None, gt=0)
+    # Two or more topics with history: Flink's watermark alignment keeps their sources' event
+    # times within this much of each other (a topic's history waits for the others).
+    history_max_drift_seconds: float = Field(default=60.0, gt=0)
+
+    @property
+    def reads_history(self) -> bool:
+        return self.history_from is not None or bool(self.history_positions)
 
 
 class ExportSettings(BaseModel):

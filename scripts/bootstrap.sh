@@ -10,6 +10,14 @@ if ! command -v java >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
 fi
+if ! command -v javac >/dev/null 2>&1; then
+  # GSS's Flink connector jar (compute/flink/java: reading history in the compute job) is
+  # compiled here; the live-only job needs only the JRE.
+  echo "bootstrap: installing a JDK 17 (javac, for GSS's Flink connector jar)" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jdk-headless >/dev/null
+fi
 
 PYTHON=${PYTHON:-}
 if [ -z "$PYTHON" ]; then
@@ -39,5 +47,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # The Flink Kafka connector is not in the apache-flink wheels; fetch it from PyPI once, into
-# the settings' compute.jars_dir (GSS_COMPUTE__JARS_DIR), where the job looks for it.
+# the settings' compute.jars_dir (GSS_COMPUTE__JARS_DIR), where the job looks for it; and
+# build GSS's own connector jar there (again when compute/flink/java changes).
 .venv/bin/gss compute jars >/dev/null

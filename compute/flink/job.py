@@ -41,6 +41,7 @@ from compute import execution
 from compute.binding import Bound
 from compute.flink import gateway
 from compute.flink import operators as ops
+from compute.flink.connectors import ensure_connectors
 from compute.flink.jars import ensure_jars
 from compute.plugin import Shape, Sliding
 from contract.errors import InvalidArgumentError
@@ -81,6 +82,8 @@ def flink_configuration(settings: Settings) -> Configuration:
         # The connector jars travel with the job (uploaded to a remote cluster with it); in
         # application mode the image has them in /opt/flink/lib.
         jars = ensure_jars(compute.jars_dir)
+        if compute.reads_history:
+            jars = [*jars, ensure_connectors(compute.jars_dir)]
         values["pipeline.jars"] = ";".join(path.resolve().as_uri() for path in jars)
     if compute.mode == "local":
         values["python.executable"] = sys.executable
@@ -146,13 +149,31 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     return env
 
 
-def kafka_source(settings: Settings, topic: str) -> KafkaSource:
-    """Raw record values of ``topic``, from the job's committed offsets (else start_from)."""
+def _kafka_builder(settings: Settings, topic: str) -> Any:
+    """A KafkaSource builder for ``topic`` with the job's group and client properties."""
     kafka = settings.kafka
     if not kafka.bootstrap_servers:
         raise InvalidArgumentError(
             "the compute job needs a broker: set GSS_KAFKA__BOOTSTRAP_SERVERS"
         )
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(kafka.bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(settings.compute.job_name)
+        .set_client_id_prefix(f"{settings.compute.job_name}-{topic}")
+        .set_property("partition.discovery.interval.ms", "10000")
+        .set_property("fetch.max.wait.ms", "50")
+        .set_property("commit.offsets.on.checkpoint", "true")
+    )
+    for key, value in kafka.client_config.items():
+        builder = builder.set_property(key, value)
+    return builder
+
+
+def kafka_source(settings: Settings, topic: str) -> KafkaSource:
+    """Raw record values of ``topic``, from the job's committed offsets (else start_from)."""
+    builder = _kafka_builder(settings, topic)
     # PyFlink's KafkaOffsetResetStrategy names the shaded Kafka classes of the SQL connector
     # jar; the DataStream connector uses kafka-clients unshaded, so name the enum directly.
     jvm = get_gateway().jvm
@@ -164,21 +185,32 @@ def kafka_source(settings: Settings, topic: str) -> KafkaSource:
             )
         )
     )
-    builder = (
-        KafkaSource.builder()
-        .set_bootstrap_servers(kafka.bootstrap_servers)
-        .set_topics(topic)
-        .set_group_id(settings.compute.job_name)
-        .set_client_id_prefix(f"{settings.compute.job_name}-{topic}")
-        .set_starting_offsets(reset)
-        .set_value_only_deserializer(ByteArraySchema())
-        .set_property("partition.discovery.interval.ms", "10000")
-        .set_property("fetch.max.wait.ms", "50")
-        .set_property("commit.offsets.on.checkpoint", "true")
+    source: KafkaSource = (
+        builder.set_starting_offsets(reset).set_value_only_deserializer(ByteArraySchema()).build()
     )
-    for key, value in kafka.client_config.items():
-        builder = builder.set_property(key, value)
-    return builder.build()
+    return source
+
+
+def content_source(
+    env: StreamExecutionEnvironment, settings: Settings, topic: str, topics: int
+) -> DataStream:
+    """The raw values of a content topic: live from Kafka, or (``compute.history_from`` /
+    ``history_positions``) the archive then Kafka, through one HybridSource (compute/flink/history.py)."""
+    if not settings.compute.reads_history:
+        return env.from_source(
+            kafka_source(settings, topic), WatermarkStrategy.no_watermarks(), f"source {topic}"
+        ).uid(_uid("source", topic))
+    from compute.flink import history
+
+    return history.history_stream(
+        env,
+        settings,
+        topic,
+        aligned=topics > 1,
+        kafka_builder=_kafka_builder(settings, topic),
+        connectors_jar=ensure_connectors(settings.compute.jars_dir).resolve().as_uri(),
+        uid=_uid("history-source", topic),
+    )
 
 
 def kafka_sink(settings: Settings) -> KafkaSink:
@@ -235,10 +267,9 @@ def build_pipeline(
     for bound in bounds:
         target = joins_by_topic if bound.plugin.join is not None else by_topic
         target[bound.input_topic].append(bound)
-    for topic in sorted(set(by_topic) | set(joins_by_topic)):
-        raw = env.from_source(
-            kafka_source(settings, topic), WatermarkStrategy.no_watermarks(), f"source {topic}"
-        ).uid(_uid("source", topic))
+    topics = sorted(set(by_topic) | set(joins_by_topic))
+    for topic in topics:
+        raw = content_source(env, settings, topic, len(topics))
         group = by_topic.get(topic, [])
         rows.extend(_content_branches(raw, topic, group, settings))
         if joins_by_topic.get(topic):

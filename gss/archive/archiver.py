@@ -37,12 +37,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from contract.archive import FileEntry, Marker, Totals, check_topic, data_path
 from contract.kafka import admin_config, consume_available, consumer_config
 from contract.registry import Registry
 from contract.settings import ArchiveSettings, KafkaSettings
 from contract.topics import TopicKind, position_of, topic_ids, topic_name
 from gss.archive import commits, layout, metrics
-from gss.archive.commits import FileEntry, Marker, Totals
 from gss.archive.layout import ArchivedRecord
 from gss.archive.storage import ArchiveStorage
 
@@ -61,7 +61,7 @@ def archive_topics(archive: ArchiveSettings, kafka: KafkaSettings, registry: Reg
         topics = [topic_name(kafka, TopicKind.CHANGELOG, g.name) for g in registry]
         topics += archive.content_topics
     for topic in topics:
-        layout.check_topic(topic)
+        check_topic(topic)
     return list(dict.fromkeys(topics))
 
 
@@ -105,7 +105,7 @@ def batch_files(
         data = layout.encode_file(recs, compression_level)
         first, last = recs[0], recs[-1]
         entry = FileEntry(
-            path=layout.data_path(first.topic, hour, first.partition, first.offset, last.offset),
+            path=data_path(first.topic, hour, first.partition, first.offset, last.offset),
             first_offset=first.offset,
             last_offset=last.offset,
             records=len(recs),

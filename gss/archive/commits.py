@@ -15,74 +15,12 @@ that never got its marker, so a restarted archiver writes that range again from 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from gss.archive import layout
+from contract import archive
+from contract.archive import FileEntry, Marker, Totals
 from gss.archive.storage import ArchiveStorage
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """One data file of a batch."""
-
-    path: str  # relative to the archive root
-    first_offset: int
-    last_offset: int
-    records: int
-    bytes: int
-    min_timestamp_ms: int
-    max_timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """A partition's archive so far (every committed batch, the newest included)."""
-
-    first_offset: int
-    last_offset: int
-    records: int
-    files: int
-    batches: int
-    bytes: int
-    min_timestamp_ms: int
-    max_timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Marker:
-    """A committed batch (or, as ``_pending.json``, one being written)."""
-
-    topic: str
-    partition: int
-    topic_id: str
-    # The batch covers offsets from_offset..last_offset: from_offset is where the previous
-    # batch ended + 1 (offsets Kafka skips, such as transaction markers, hold no record).
-    from_offset: int
-    first_offset: int
-    last_offset: int
-    records: int
-    min_timestamp_ms: int
-    max_timestamp_ms: int
-    committed_at: str
-    files: tuple[FileEntry, ...]
-    totals: Totals
-    format: int = layout.FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        doc = asdict(self)
-        doc["files"] = [asdict(f) for f in self.files]
-        return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Marker:
-        doc = json.loads(data)
-        doc["files"] = tuple(FileEntry(**f) for f in doc["files"])
-        doc["totals"] = Totals(**doc["totals"])
-        return cls(**doc)
 
 
 def new_marker(
@@ -131,12 +69,12 @@ def new_marker(
 
 def marker_offsets(storage: ArchiveStorage, topic: str, partition: int) -> list[int]:
     """Last offsets of the partition's committed batches, ascending."""
-    names = storage.list_files(layout.commits_dir(topic, partition))
-    return sorted(o for n in names if (o := layout.parse_marker_name(n)) is not None)
+    names = storage.list_files(archive.commits_dir(topic, partition))
+    return sorted(o for n in names if (o := archive.parse_marker_name(n)) is not None)
 
 
 def read_marker(storage: ArchiveStorage, topic: str, partition: int, last_offset: int) -> Marker:
-    rel = layout.marker_path(topic, partition, last_offset)
+    rel = archive.marker_path(topic, partition, last_offset)
     try:
         return Marker.from_json(storage.read(rel))
     except (ValueError, KeyError, TypeError) as exc:
@@ -149,21 +87,21 @@ def newest_marker(storage: ArchiveStorage, topic: str, partition: int) -> Marker
 
 
 def archived_topics(storage: ArchiveStorage) -> list[str]:
-    return storage.list_dirs(layout.COMMITS_DIR)
+    return storage.list_dirs(archive.COMMITS_DIR)
 
 
 def archived_partitions(storage: ArchiveStorage, topic: str) -> list[int]:
-    dirs = storage.list_dirs(f"{layout.COMMITS_DIR}/{topic}")
+    dirs = storage.list_dirs(f"{archive.COMMITS_DIR}/{topic}")
     return sorted(int(d.split("=", 1)[1]) for d in dirs if d.startswith("partition="))
 
 
 def write_pending(storage: ArchiveStorage, marker: Marker) -> None:
-    storage.write(layout.pending_path(marker.topic, marker.partition), marker.to_json())
+    storage.write(archive.pending_path(marker.topic, marker.partition), marker.to_json())
 
 
 def write_marker(storage: ArchiveStorage, marker: Marker) -> None:
     storage.write(
-        layout.marker_path(marker.topic, marker.partition, marker.last_offset), marker.to_json()
+        archive.marker_path(marker.topic, marker.partition, marker.last_offset), marker.to_json()
     )
 
 
@@ -184,7 +122,7 @@ def recover(storage: ArchiveStorage, topic: str, partition: int) -> Recovered:
     """The partition's newest committed batch; the files of an uncommitted batch (one whose
     pending record is past the newest marker) are deleted, and the pending record with them."""
     newest = newest_marker(storage, topic, partition)
-    pending_rel = layout.pending_path(topic, partition)
+    pending_rel = archive.pending_path(topic, partition)
     try:
         pending = Marker.from_json(storage.read(pending_rel))
     except FileNotFoundError:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
+from contract.archive import FileEntry
 from contract.errors import GssError
 from gss.archive import commits
-from gss.archive.commits import FileEntry
 from gss.archive.layout import ArchivedRecord, decode_file
 from gss.archive.storage import ArchiveStorage
 

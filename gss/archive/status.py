@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gss.archive import commits, layout
+from contract import archive
+from gss.archive import commits
 from gss.archive.storage import ArchiveStorage
 
 
@@ -42,8 +43,8 @@ def _pending_last(storage: ArchiveStorage, topic: str, partition: int) -> int:
     """Last offset of the partition's pending batch record (the newest batch's own when it was
     committed; higher when a batch was interrupted)."""
     try:
-        return commits.Marker.from_json(
-            storage.read(layout.pending_path(topic, partition))
+        return archive.Marker.from_json(
+            storage.read(archive.pending_path(topic, partition))
         ).last_offset
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return -1
@@ -59,7 +60,7 @@ def archive_status(
             newest = commits.newest_marker(storage, topic, partition)
             if newest is None:
                 continue
-            names = storage.list_files(layout.commits_dir(topic, partition))
+            names = storage.list_files(archive.commits_dir(topic, partition))
             t = newest.totals
             out.append(
                 PartitionStatus(
@@ -75,7 +76,7 @@ def archive_status(
                     min_timestamp_ms=t.min_timestamp_ms,
                     max_timestamp_ms=t.max_timestamp_ms,
                     committed_at=newest.committed_at,
-                    pending=layout.PENDING_NAME in names
+                    pending=archive.PENDING_NAME in names
                     and _pending_last(storage, topic, partition) > newest.last_offset,
                 )
             )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from contract.archive import s3_filesystem
 from contract.settings import ArchiveSettings
 
 
@@ -158,28 +159,6 @@ class ArrowStorage:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._path(rel))
-
-
-def s3_filesystem(settings: ArchiveSettings) -> Any:
-    """A ``pyarrow.fs.S3FileSystem`` from the archive's s3_* settings."""
-    try:
-        from pyarrow import fs as pafs
-    except ImportError as exc:  # pragma: no cover - the archive extra brings it
-        raise RuntimeError(
-            "an object-store archive needs pyarrow: pip install 'galaxy-signal-service[archive]'"
-        ) from exc
-    options: dict[str, Any] = {}
-    if settings.s3_endpoint:
-        endpoint = settings.s3_endpoint
-        scheme = "https"
-        if "://" in endpoint:
-            scheme, endpoint = endpoint.split("://", 1)
-        options.update(endpoint_override=endpoint.rstrip("/"), scheme=scheme)
-    if settings.s3_region:
-        options["region"] = settings.s3_region
-    if settings.s3_access_key and settings.s3_secret_key:
-        options.update(access_key=settings.s3_access_key, secret_key=settings.s3_secret_key)
-    return pafs.S3FileSystem(**options)
 
 
 def open_storage(settings: ArchiveSettings) -> ArchiveStorage:

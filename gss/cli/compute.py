@@ -97,6 +97,25 @@ def compute() -> None:
 @click.option(
     "--detach", is_flag=True, help="Submit and return (remote mode): the cluster keeps it."
 )
+@click.option(
+    "--from",
+    "from_",
+    default=None,
+    help="Start at this time: the archive's records from then on, then the live topics "
+    "(ISO-8601 UTC such as 2026-11-01T00:00Z, or relative: -2h). Settings: compute.history_from.",
+)
+@click.option(
+    "--from-positions",
+    default=None,
+    help="Start at explicit positions, topic:partition:offset,... (other partitions of those "
+    "topics from their beginning): the archive, then the live topics.",
+)
+@click.option(
+    "--history-rate",
+    type=float,
+    default=None,
+    help="Records a second read from the archive, per topic (compute.history_rate_per_second).",
+)
 @pass_cli
 def compute_run(
     cli: CliContext,
@@ -104,13 +123,21 @@ def compute_run(
     duration: float | None,
     skip_models: bool,
     detach: bool,
+    from_: str | None,
+    from_positions: str | None,
+    history_rate: float | None,
 ) -> None:
-    """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says otherwise)."""
+    """Run the compute job on Flink until Ctrl-C (a local MiniCluster unless compute.mode says
+    otherwise). With --from or --from-positions it reads the archive first, then the live
+    topics from the next offset (docs/history.md, "Unified source")."""
     from compute.flink import gateway
     from compute.flink.run import ComputeJob
     from contract.errors import GssError
 
-    overrides = {"compute": {"plugins": list(targets)}} if targets else {}
+    compute_overrides = history_options(from_, from_positions, history_rate)
+    if targets:
+        compute_overrides["plugins"] = list(targets)
+    overrides = {"compute": compute_overrides} if compute_overrides else {}
     settings = cli.settings(**overrides)
     try:
         plugins = None
@@ -137,6 +164,34 @@ def compute_run(
     finally:
         job.stop()
         gateway.shutdown()
+
+
+def history_options(
+    from_: str | None, from_positions: str | None, history_rate: float | None
+) -> dict[str, object]:
+    """compute.* settings for ``--from``, ``--from-positions`` and ``--history-rate``."""
+    from gss.archive.replay import parse_time
+
+    out: dict[str, object] = {}
+    if from_ is not None:
+        try:
+            out["history_from"] = datetime.fromtimestamp(parse_time(from_) / 1000, UTC)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--from") from None
+    if from_positions:
+        positions: dict[str, dict[int, int]] = {}
+        for item in from_positions.split(","):
+            topic, _, rest = item.strip().rpartition(":")
+            topic, _, partition = topic.rpartition(":")
+            if not (topic and partition.isdigit() and rest.isdigit()):
+                raise click.BadParameter(
+                    f"{item!r} is not topic:partition:offset", param_hint="--from-positions"
+                )
+            positions.setdefault(topic, {})[int(partition)] = int(rest)
+        out["history_positions"] = positions
+    if history_rate is not None:
+        out["history_rate_per_second"] = history_rate
+    return out
 
 
 @compute.command("generate")
@@ -234,11 +289,20 @@ def compute_plugins(cli: CliContext, targets: tuple[str, ...]) -> None:
 )
 @pass_cli
 def compute_jars(cli: CliContext, directory: Path | None) -> None:
-    """Fetch the Flink Kafka connector jars from PyPI (once) and print their paths."""
+    """Fetch the Flink Kafka connector jars from PyPI (once), build GSS's connector jar (for
+    reading history; needs javac) and print their paths."""
+    from compute.flink.connectors import ensure_connectors
     from compute.flink.jars import ensure_jars
+    from contract.errors import UnavailableError
 
-    for path in ensure_jars(directory or cli.settings().compute.jars_dir):
+    directory = directory or cli.settings().compute.jars_dir
+    for path in ensure_jars(directory):
         click.echo(str(path))
+    try:
+        click.echo(str(ensure_connectors(directory)))
+    except UnavailableError as exc:
+        # The live-only job runs without it; only reading history needs it.
+        click.echo(f"warning: {exc}", err=True)
 
 
 lifecycle.register(signal_group)

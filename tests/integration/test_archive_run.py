@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from contract import archive
 from contract.settings import ArchiveSettings, KafkaSettings
-from gss.archive import layout
 from gss.archive.archiver import Archiver
 from gss.archive.status import archive_status
 from gss.archive.storage import ArchiveStorage, open_storage
@@ -80,7 +80,7 @@ def test_archive_equals_topics(broker: LocalBroker, storage_settings: ArchiveSet
     late = [
         r
         for r in records.values()
-        if r.hour < layout.hour_of(max(x.timestamp_ms for x in records.values()))
+        if r.hour < archive.hour_of(max(x.timestamp_ms for x in records.values()))
     ]
     assert late, "the test produced no late records"
     # Every record sits in the file of its own hour.
@@ -106,6 +106,6 @@ def _assert_hours(storage: ArchiveStorage, topic: str, partition: int) -> None:
     for last in commits.marker_offsets(storage, topic, partition):
         marker = commits.read_marker(storage, topic, partition, last)
         for entry in marker.files:
-            place = layout.parse_data_path(entry.path)
+            place = archive.parse_data_path(entry.path)
             for record in read_file(storage, topic, partition, entry):
                 assert record.hour == place.hour

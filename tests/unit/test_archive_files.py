@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import archive
 from gss.archive import commits, layout
 from gss.archive.archiver import batch_files, write_batch
 from gss.archive.layout import ArchivedRecord
@@ -34,12 +35,12 @@ def rec(offset: int, ts: int = T0, partition: int = 0, topic: str = "t") -> Arch
 
 def test_data_paths_sort_by_offset_and_parse_back() -> None:
     hour = datetime(2026, 3, 4, 10, tzinfo=UTC)
-    path = layout.data_path("gss.images.changelog", hour, 3, 7, 120)
+    path = archive.data_path("gss.images.changelog", hour, 3, 7, 120)
     assert path == (
         "gss.images.changelog/date=2026-03-04/hour=10/partition=3/"
         "00000000000000000007-00000000000000000120.jsonl.gz"
     )
-    place = layout.parse_data_path(path)
+    place = archive.parse_data_path(path)
     assert (place.topic, place.hour, place.partition, place.first_offset, place.last_offset) == (
         "gss.images.changelog",
         hour,
@@ -48,19 +49,19 @@ def test_data_paths_sort_by_offset_and_parse_back() -> None:
         120,
     )
     assert place.path == path
-    names = [layout.data_name(a, b) for a, b in [(100, 200), (9, 99), (1000, 1001)]]
+    names = [archive.data_name(a, b) for a, b in [(100, 200), (9, 99), (1000, 1001)]]
     assert sorted(names) == [names[1], names[0], names[2]]
-    assert layout.parse_data_name(names[0]) == (100, 200)
-    assert layout.marker_path("t", 2, 99).endswith(
+    assert archive.parse_data_name(names[0]) == (100, 200)
+    assert archive.marker_path("t", 2, 99).endswith(
         "_commits/t/partition=2/00000000000000000099.json"
     )
-    assert layout.parse_marker_name("00000000000000000099.json") == 99
-    assert layout.parse_marker_name(layout.PENDING_NAME) is None
+    assert archive.parse_marker_name("00000000000000000099.json") == 99
+    assert archive.parse_marker_name(archive.PENDING_NAME) is None
     for bad in ("", "a/b", "_x", ".x"):
         with pytest.raises(ValueError, match="cannot archive topic"):
-            layout.check_topic(bad)
+            archive.check_topic(bad)
     with pytest.raises(ValueError, match="offset range"):
-        layout.data_name(5, 4)
+        archive.data_name(5, 4)
 
 
 def test_record_round_trip_keeps_bytes_nulls_and_headers() -> None:

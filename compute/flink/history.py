@@ -1,0 +1,262 @@
+"""One source for history and live: a content topic read from the archive, then from Kafka.
+
+    archive (commit markers -> one manifest per partition) ─FileSource (rate-limited)─┐
+                                                                                     ├ HybridSource ─▶ Row
+    Kafka, from each partition's last archived offset + 1 ───────────KafkaSource ────┘
+        ─▶ filter (before the start) ─▶ value bytes (what the live-only source yields)
+
+Both legs yield ``Row(partition, offset, timestamp_ms, key, value)`` (Java classes in
+compute/flink/java, built by compute.flink.connectors: PyFlink alone cannot give a file leg
+and a Kafka leg one element type). Watermarks are assigned at the source from the record's
+Kafka timestamp on both legs; with two or more topics Flink's watermark alignment keeps their
+event times within ``compute.history_max_drift_seconds``. docs/history.md, "Unified source".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors import Source
+from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+from pyflink.datastream.connectors.hybrid_source import HybridSource
+from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import add_jars_to_context_class_loader, get_java_class
+
+from contract.archive import ArchiveRoot, archive_root, archived_partitions, partition_history
+from contract.errors import InvalidArgumentError
+from contract.settings import Settings
+
+ROW_TYPE = Types.ROW_NAMED(
+    ["partition", "offset", "timestamp_ms", "key", "value"],
+    [
+        Types.INT(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        Types.PRIMITIVE_ARRAY(Types.BYTE()),
+    ],
+)
+MANIFESTS_DIR = "_manifests"
+
+
+@dataclass
+class TopicPlan:
+    """How one topic is read: the manifests of its archived partitions (URIs), where Kafka
+    starts per partition, and what the first Python step drops (before the start)."""
+
+    topic: str
+    manifests: dict[int, list[list[str]]] = field(default_factory=dict)  # partition -> batches
+    kafka_offsets: dict[int, int] = field(default_factory=dict)
+    from_timestamp_ms: int | None = None
+    from_offsets: dict[int, int] = field(default_factory=dict)
+
+
+def start_timestamp_ms(settings: Settings) -> int | None:
+    start = settings.compute.history_from
+    if start is None:
+        return None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return int(start.timestamp() * 1000)
+
+
+def plan_topic(
+    root: ArchiveRoot,
+    topic: str,
+    partitions: Sequence[int],
+    *,
+    from_timestamp_ms: int | None,
+    from_offsets: dict[int, int],
+    kafka_start: dict[int, int],
+) -> TopicPlan:
+    """The plan for ``topic``: archived partitions read their committed files (from the first
+    one that can hold a record at or after the start), then Kafka from their last archived
+    offset + 1 (or later: ``kafka_start``, the first offset Kafka has at/after the start);
+    partitions without an archive start in Kafka at ``kafka_start``."""
+    plan = TopicPlan(topic, from_timestamp_ms=from_timestamp_ms, from_offsets=dict(from_offsets))
+    archived = set(archived_partitions(root, topic))
+    for p in sorted(set(partitions) | archived):
+        history = (
+            partition_history(
+                root, topic, p, from_timestamp_ms=from_timestamp_ms, from_offset=from_offsets.get(p)
+            )
+            if p in archived
+            else None
+        )
+        start = kafka_start.get(p, 0)
+        if history is not None:
+            if history.batches:
+                plan.manifests[p] = [[root.uri_of(f.path) for f in b] for b in history.batches]
+            start = max(start, history.last_offset + 1)
+        plan.kafka_offsets[p] = start
+    return plan
+
+
+def kafka_start_offsets(
+    settings: Settings, topic: str, from_timestamp_ms: int | None, from_offsets: dict[int, int]
+) -> dict[int, int]:
+    """Per partition of ``topic``: the first offset at or after the start (the first with a
+    timestamp >= ``from_timestamp_ms``, else the explicit offset, else the beginning)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from contract.kafka import consumer_config
+
+    kafka = settings.kafka
+    consumer = Consumer(
+        consumer_config(
+            kafka, f"{settings.compute.job_name}-history", f"gss-history-{uuid.uuid4()}"
+        )
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        if meta.error is not None:
+            raise InvalidArgumentError(f"cannot read topic {topic}: {meta.error}")
+        out: dict[int, int] = {}
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            if from_timestamp_ms is not None:
+                (found,) = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, from_timestamp_ms)], timeout=30
+                )
+                out[p] = high if found.offset < 0 else found.offset
+            else:
+                out[p] = min(max(low, from_offsets.get(p, low)), high)
+        return out
+    finally:
+        consumer.close()
+
+
+def _write_manifests(root: ArchiveRoot, settings: Settings, plan: TopicPlan) -> list[str]:
+    """One manifest per archived partition (a line per batch, tab-separated file URIs), under
+    ``<root>/_manifests/<job>/<run>/``; their URIs."""
+    if not plan.manifests:
+        return []
+    run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    base = f"{MANIFESTS_DIR}/{settings.compute.job_name}/{run}/{plan.topic}"
+    root.fs.create_dir(root.path(base), recursive=True)
+    uris = []
+    for p, batches in sorted(plan.manifests.items()):
+        rel = f"{base}/partition-{p}.manifest"
+        with root.fs.open_output_stream(root.path(rel)) as out:
+            out.write("".join("\t".join(b) + "\n" for b in batches).encode())
+        uris.append(root.uri_of(rel))
+    return uris
+
+
+def _jvm_class(name: str) -> Any:
+    obj = get_gateway().jvm
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _offsets(topic: str, offsets: dict[int, int]) -> KafkaOffsetsInitializer:
+    """OffsetsInitializer.offsets with the UNSHADED Kafka classes (PyFlink's own helper names
+    the SQL jar's shaded ones); HashMapWrapper makes the offsets Java Longs."""
+    jvm = get_gateway().jvm
+    j_map = jvm.org.apache.flink.python.util.HashMapWrapper(None, get_java_class(jvm.Long))
+    for p, offset in offsets.items():
+        j_map.put(jvm.org.apache.kafka.common.TopicPartition(topic, p), offset)
+    init = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+    return KafkaOffsetsInitializer(
+        init.offsets(
+            j_map.asMap(), jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
+        )
+    )
+
+
+def watermarks(settings: Settings, aligned: bool) -> WatermarkStrategy:
+    """At the source, from the record's Kafka timestamp (both legs); aligned across topics."""
+    jvm = get_gateway().jvm
+    compute = settings.compute
+    strategy = (
+        jvm.org.apache.flink.api.common.eventtime.WatermarkStrategy.forMonotonousTimestamps()
+        .withTimestampAssigner(_jvm_class("gss.flink.KafkaRowDeserializer$RowTimestamps")())
+        .withIdleness(jvm.java.time.Duration.ofMillis(int(compute.idle_source_seconds * 1000)))
+    )
+    if aligned:
+        strategy = strategy.withWatermarkAlignment(
+            f"{compute.job_name}-history",
+            jvm.java.time.Duration.ofMillis(int(compute.history_max_drift_seconds * 1000)),
+            jvm.java.time.Duration.ofMillis(1000),
+        )
+    return WatermarkStrategy(strategy)
+
+
+class _Keep:
+    """The first Python step: drops records before the start (a timestamp, or per-partition
+    offsets) and tombstones; both legs pass through it."""
+
+    def __init__(self, from_timestamp_ms: int | None, from_offsets: dict[int, int]) -> None:
+        self.from_timestamp_ms = from_timestamp_ms
+        self.from_offsets = from_offsets
+
+    def __call__(self, row: Any) -> bool:
+        if row[4] is None:
+            return False
+        if self.from_timestamp_ms is not None and row[2] < self.from_timestamp_ms:
+            return False
+        return bool(row[1] >= self.from_offsets.get(row[0], 0))
+
+
+def _value(row: Any) -> bytes:
+    return bytes(row[4])
+
+
+def history_stream(
+    env: StreamExecutionEnvironment,
+    settings: Settings,
+    topic: str,
+    *,
+    aligned: bool,
+    kafka_builder: Any,
+    connectors_jar: str,
+    uid: str,
+) -> DataStream:
+    """The topic's records from the start, history then live, as value bytes (the element type
+    the live-only source gives the operators)."""
+    add_jars_to_context_class_loader([connectors_jar])
+    compute = settings.compute
+    from_ts = start_timestamp_ms(settings)
+    from_offsets = dict(compute.history_positions.get(topic, {}))
+    root = archive_root(settings.archive)
+    kafka_start = kafka_start_offsets(settings, topic, from_ts, from_offsets)
+    plan = plan_topic(
+        root,
+        topic,
+        list(kafka_start),
+        from_timestamp_ms=from_ts,
+        from_offsets=from_offsets,
+        kafka_start=kafka_start,
+    )
+    kafka_builder = kafka_builder.set_starting_offsets(_offsets(topic, plan.kafka_offsets))
+    kafka_builder._j_builder.setDeserializer(_jvm_class("gss.flink.KafkaRowDeserializer")())
+    kafka = kafka_builder.build()
+    manifests = _write_manifests(root, settings, plan)
+    if manifests:
+        fmt = StreamFormat(_jvm_class("gss.flink.ArchiveManifestRowFormat")())
+        files: Source = FileSource.for_record_stream_format(fmt, *manifests).build()
+        if compute.history_rate_per_second:
+            files = Source(
+                _jvm_class("gss.flink.RateLimitedSource")(
+                    files.get_java_function(), float(compute.history_rate_per_second)
+                )
+            )
+        source: Source = HybridSource.builder(files).add_source(kafka).build()
+        name = f"history and live {topic}"
+    else:
+        source, name = kafka, f"live {topic} (no history archived)"
+    rows = env.from_source(source, watermarks(settings, aligned), name, ROW_TYPE).uid(uid)
+    return (
+        rows.filter(_Keep(from_ts, from_offsets))
+        .name(f"from start {topic}")
+        .map(_value, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        .name(f"values of {topic}")
+    )
