@@ -54,7 +54,9 @@ def test_gss_run_serving_only_shows_events_flowing(tmp_path: Path) -> None:
 def test_gss_run_computes_serves_announces_and_exports(tmp_path: Path) -> None:
     """The whole chain on one machine: generated content events -> Flink plugins (two calling
     Triton) -> changelog -> GSS -> availability events and lookups -> a snapshot partition."""
-    result = gss_run(tmp_path / "data", "--duration", "30", "--rate", "20", timeout=300)
+    # Long enough for a report after the Flink job's first values even on a busy 2-core machine
+    # (the MiniCluster and its Python workers alone take 10-20 s to start there).
+    result = gss_run(tmp_path / "data", "--duration", "45", "--rate", "20", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "Triton serving" in out
