@@ -64,6 +64,7 @@ class Bound:
     producer: str
     imports: tuple[str, ...]  # modules that define the registry's value types
     join_inputs: tuple[JoinInput, ...] = ()
+    backfill: bool = False  # values are marked as backfilled (envelope.backfill)
 
     @property
     def ref(self) -> str:
@@ -147,4 +148,5 @@ def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: 
         producer=producer,
         imports=registry.imports,
         join_inputs=joins,
+        backfill=settings.compute.backfill,
     )

@@ -157,7 +157,10 @@ def signal_record(
         entity_id=bound.codec.to_text(entity),
         signal=envelope_pb2.SignalRef(name=bound.plugin.name, version=bound.plugin.version),
         envelope=envelope_pb2.Envelope(
-            producer=bound.producer, model_name=model_name, model_version=model_version
+            producer=bound.producer,
+            model_name=model_name,
+            model_version=model_version,
+            backfill=bound.backfill,
         ),
     )
     record.value.Pack(value)

@@ -87,6 +87,9 @@ class KafkaSettings(BaseModel):
     wait_readable_timeout_seconds: float = 10.0
     # Outbox entries handed to the producer and not yet acknowledged, at most.
     outbox_max_in_flight: int = 10_000
+    # Availability events of backfilled values (`gss signal backfill`) published a second, at
+    # most; live events are never held back by them (docs/history.md, "Backfill").
+    backfill_events_per_second: float = Field(default=1000.0, gt=0)
 
     def topic(self, template: str, galaxy: str) -> str:
         """The topic ``template`` (one of the fields above) names for ``galaxy``."""
@@ -173,6 +176,12 @@ class ComputeSettings(BaseModel):
     # Two or more topics with history: Flink's watermark alignment keeps their sources' event
     # times within this much of each other (a topic's history waits for the others).
     history_max_drift_seconds: float = Field(default=60.0, gt=0)
+    # Backfill (docs/history.md, "Backfill"; `gss signal backfill`): records with a Kafka
+    # timestamp from history_until on are dropped; history_bounded stops the job at the switch
+    # point (the archive's end: no Kafka leg); backfill marks every value the job writes.
+    history_until: datetime | None = None
+    history_bounded: bool = False
+    backfill: bool = False
 
     @property
     def reads_history(self) -> bool:

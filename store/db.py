@@ -175,8 +175,10 @@ class SignalStore:
 
         A write is newer if its (event time, changelog offset) is greater than the stored
         record's; of several writes to one key in the batch, the newest wins and the others
-        count as skipped. ``meta`` (for example changelog offsets) and the entries
-        ``derive_meta`` returns for the winning writes (for example outbox events) are put in
+        count as skipped. A write whose event time and value bytes equal the stored record's
+        (:func:`store.records.same_value`; envelope aside) is skipped too: repeating a value
+        (a re-run, a backfill) writes nothing and derives no outbox entry. ``meta`` (for
+        example changelog offsets) and the entries ``derive_meta`` returns for the winning writes (for example outbox events) are put in
         the meta column family in the same WriteBatch, so all or none of it is durable.
         """
         with self._lock:
@@ -195,8 +197,19 @@ class SignalStore:
                     held = best.get(write.key)
                     floor = held[0] if held else (records.order_of(stored) if stored else None)
                     if floor is None or order > floor:
+                        if held and records.same_value(write.stored, writes[held[1]].stored):
+                            continue  # repeats the batch's pending value
                         best[write.key] = (order, i)
-                winners.update({(galaxy, key): i for key, (_, i) in best.items()})
+                stored_of = dict(zip(indexes, current, strict=True))
+                for key, (_, i) in best.items():
+                    # An equal fact (event time and value bytes) is no new value: skipped, so
+                    # re-runs and backfills over the same input write and announce nothing.
+                    held_stored = stored_of[i]
+                    if held_stored is not None and records.same_value(
+                        writes[i].stored, held_stored
+                    ):
+                        continue
+                    winners[(galaxy, key)] = i
             applied = [False] * len(writes)
             batch = WriteBatch(raw_mode=True)
             for (galaxy, key), i in winners.items():

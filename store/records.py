@@ -50,6 +50,21 @@ def order_of(stored: bytes) -> tuple[int, int]:
     return event_us, offset
 
 
+def same_value(a: bytes, b: bytes) -> bool:
+    """True if two stored records hold the same fact: equal event time and equal value bytes
+    (version and the value's Any, as serialized). The envelope's write time, changelog
+    position, producer and backfill flag are not compared: a write that only repeats what is
+    stored (a re-run, a backfill over live values) changes nothing and announces nothing."""
+    if HEADER.unpack_from(a)[1] != HEADER.unpack_from(b)[1]:
+        return False
+    cell_a, cell_b = cell_of(a), cell_of(b)
+    return bool(
+        cell_a.version == cell_b.version
+        and cell_a.value.SerializeToString(deterministic=True)
+        == cell_b.value.SerializeToString(deterministic=True)
+    )
+
+
 def event_time_us(stored: bytes) -> int:
     return HEADER.unpack_from(stored)[1]  # type: ignore[no-any-return]
 

@@ -33,16 +33,22 @@ from contract.archive import ArchiveRoot, archive_root, archived_partitions, par
 from contract.errors import InvalidArgumentError
 from contract.settings import Settings
 
-ROW_TYPE = Types.ROW_NAMED(
-    ["partition", "offset", "timestamp_ms", "key", "value"],
-    [
-        Types.INT(),
-        Types.LONG(),
-        Types.LONG(),
-        Types.PRIMITIVE_ARRAY(Types.BYTE()),
-        Types.PRIMITIVE_ARRAY(Types.BYTE()),
-    ],
-)
+
+def row_type() -> Any:
+    """The element type of both legs. Made per job: PyFlink caches the Java type on the
+    object, which would outlive the gateway JVM it came from (a second job in one process)."""
+    return Types.ROW_NAMED(
+        ["partition", "offset", "timestamp_ms", "key", "value"],
+        [
+            Types.INT(),
+            Types.LONG(),
+            Types.LONG(),
+            Types.PRIMITIVE_ARRAY(Types.BYTE()),
+            Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        ],
+    )
+
+
 MANIFESTS_DIR = "_manifests"
 
 
@@ -58,13 +64,21 @@ class TopicPlan:
     from_offsets: dict[int, int] = field(default_factory=dict)
 
 
-def start_timestamp_ms(settings: Settings) -> int | None:
-    start = settings.compute.history_from
-    if start is None:
+def _ms(moment: datetime | None) -> int | None:
+    if moment is None:
         return None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
-    return int(start.timestamp() * 1000)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def start_timestamp_ms(settings: Settings) -> int | None:
+    return _ms(settings.compute.history_from)
+
+
+def until_timestamp_ms(settings: Settings) -> int | None:
+    """Records with a Kafka timestamp from then on are dropped (a backfill's ``--until``)."""
+    return _ms(settings.compute.history_until)
 
 
 def plan_topic(
@@ -194,20 +208,41 @@ class _Keep:
     """The first Python step: drops records before the start (a timestamp, or per-partition
     offsets) and tombstones; both legs pass through it."""
 
-    def __init__(self, from_timestamp_ms: int | None, from_offsets: dict[int, int]) -> None:
+    def __init__(
+        self,
+        from_timestamp_ms: int | None,
+        from_offsets: dict[int, int],
+        until_timestamp_ms: int | None = None,
+    ) -> None:
         self.from_timestamp_ms = from_timestamp_ms
         self.from_offsets = from_offsets
+        self.until_timestamp_ms = until_timestamp_ms
 
     def __call__(self, row: Any) -> bool:
         if row[4] is None:
             return False
         if self.from_timestamp_ms is not None and row[2] < self.from_timestamp_ms:
             return False
+        if self.until_timestamp_ms is not None and row[2] >= self.until_timestamp_ms:
+            return False
         return bool(row[1] >= self.from_offsets.get(row[0], 0))
 
 
 def _value(row: Any) -> bytes:
     return bytes(row[4])
+
+
+def _file_source(manifests: list[str], rate_per_second: float | None) -> Source:
+    """The archive leg: the manifests' files, rate-limited when a rate is set."""
+    fmt = StreamFormat(_jvm_class("gss.flink.ArchiveManifestRowFormat")())
+    files: Source = FileSource.for_record_stream_format(fmt, *manifests).build()
+    if rate_per_second:
+        files = Source(
+            _jvm_class("gss.flink.RateLimitedSource")(
+                files.get_java_function(), float(rate_per_second)
+            )
+        )
+    return files
 
 
 def history_stream(
@@ -225,6 +260,8 @@ def history_stream(
     add_jars_to_context_class_loader([connectors_jar])
     compute = settings.compute
     from_ts = start_timestamp_ms(settings)
+    if compute.history_bounded and from_ts is None and not compute.history_positions:
+        raise InvalidArgumentError("a bounded history run needs a start (history_from)")
     from_offsets = dict(compute.history_positions.get(topic, {}))
     root = archive_root(settings.archive)
     kafka_start = kafka_start_offsets(settings, topic, from_ts, from_offsets)
@@ -240,22 +277,25 @@ def history_stream(
     kafka_builder._j_builder.setDeserializer(_jvm_class("gss.flink.KafkaRowDeserializer")())
     kafka = kafka_builder.build()
     manifests = _write_manifests(root, settings, plan)
-    if manifests:
-        fmt = StreamFormat(_jvm_class("gss.flink.ArchiveManifestRowFormat")())
-        files: Source = FileSource.for_record_stream_format(fmt, *manifests).build()
-        if compute.history_rate_per_second:
-            files = Source(
-                _jvm_class("gss.flink.RateLimitedSource")(
-                    files.get_java_function(), float(compute.history_rate_per_second)
-                )
+    if compute.history_bounded:
+        # Stop at the switch point: the archive alone, a bounded source (its end is the
+        # archive's last committed offsets, from the markers), and no Kafka leg.
+        if not manifests:
+            raise InvalidArgumentError(
+                f"nothing of {topic} is archived from the start on (archive.root "
+                f"{root.uri_of('')}): nothing to backfill; run with --continue-live to read Kafka"
             )
-        source: Source = HybridSource.builder(files).add_source(kafka).build()
+        source: Source = _file_source(manifests, compute.history_rate_per_second)
+        name = f"history {topic} (until the switch point)"
+    elif manifests:
+        files = _file_source(manifests, compute.history_rate_per_second)
+        source = HybridSource.builder(files).add_source(kafka).build()
         name = f"history and live {topic}"
     else:
         source, name = kafka, f"live {topic} (no history archived)"
-    rows = env.from_source(source, watermarks(settings, aligned), name, ROW_TYPE).uid(uid)
+    rows = env.from_source(source, watermarks(settings, aligned), name, row_type()).uid(uid)
     return (
-        rows.filter(_Keep(from_ts, from_offsets))
+        rows.filter(_Keep(from_ts, from_offsets, until_timestamp_ms(settings)))
         .name(f"from start {topic}")
         .map(_value, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .name(f"values of {topic}")

@@ -78,6 +78,16 @@ def flink_configuration(settings: Settings) -> Configuration:
         checkpoint_dir = (Path("gss-data") / "flink-checkpoints").resolve().as_uri()
     if checkpoint_dir:
         values["execution.checkpointing.dir"] = checkpoint_dir
+        if compute.backfill:
+            # A killed backfill resumes from its last completed checkpoint (docs/history.md,
+            # "Backfill"): keep checkpoints when the job is cancelled, restore the newest.
+            values["execution.checkpointing.externalized-checkpoint-retention"] = (
+                "RETAIN_ON_CANCELLATION"
+            )
+            resume = latest_checkpoint(checkpoint_dir)
+            if resume is not None:
+                values["execution.state-recovery.path"] = resume
+                values["execution.state-recovery.ignore-unclaimed-state"] = "true"
     if compute.mode in ("local", "remote"):
         # The connector jars travel with the job (uploaded to a remote cluster with it); in
         # application mode the image has them in /opt/flink/lib.
@@ -105,6 +115,20 @@ def flink_configuration(settings: Settings) -> Configuration:
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest completed checkpoint (a ``chk-N`` directory with ``_metadata``) under a
+    local ``checkpoint_dir`` (``<dir>/<job id>/chk-N``), as a URI; None if there is none or
+    the directory is not local."""
+    if "://" in checkpoint_dir and not checkpoint_dir.startswith("file:"):
+        return None
+    base = Path(checkpoint_dir.removeprefix("file://").removeprefix("file:"))
+    done = [m for m in base.glob("*/chk-*/_metadata") if m.is_file()]
+    if not done:
+        return None
+    newest = max(done, key=lambda m: (m.stat().st_mtime, int(m.parent.name[4:] or 0)))
+    return newest.parent.resolve().as_uri()
 
 
 @contextlib.contextmanager

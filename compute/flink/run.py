@@ -160,7 +160,18 @@ class ComputeJob:
         """Flink's job status name (RUNNING, FAILED, ...), or NOT_STARTED."""
         if self._client is None:
             return "NOT_STARTED"
-        return str(self._client.get_job_status().result()).rsplit(".", 1)[-1]
+        try:
+            return str(self._client.get_job_status().result()).rsplit(".", 1)[-1]
+        except Exception:
+            if self.settings.compute.mode != "local":
+                raise
+        # A local job that ended (a bounded one: a backfill) takes its MiniCluster with it;
+        # its result future still says how it ended.
+        try:
+            self._client.get_job_execution_result().result()
+        except Exception:
+            return "FAILED"
+        return "FINISHED"
 
     def wait(
         self, stop: threading.Event | None = None, timeout_seconds: float | None = None

@@ -47,11 +47,16 @@ class Envelope(google.protobuf.message.Message):
     MODEL_NAME_FIELD_NUMBER: builtins.int
     MODEL_VERSION_FIELD_NUMBER: builtins.int
     SOURCE_FIELD_NUMBER: builtins.int
+    BACKFILL_FIELD_NUMBER: builtins.int
     producer: builtins.str
     """The job or caller that produced the value, e.g. "flink:gss-compute" or "cli"."""
     model_name: builtins.str
     """The model that computed the value, when one did."""
     model_version: builtins.str
+    backfill: builtins.bool
+    """Written by a backfill (`gss signal backfill`), not by live processing: subscribers that
+    only want fresh values skip it. Copied into the value's availability event.
+    """
     @property
     def event_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
         """When the fact the value describes happened (UTC). Orders writes; drives TTL."""
@@ -73,9 +78,10 @@ class Envelope(google.protobuf.message.Message):
         model_name: builtins.str = ...,
         model_version: builtins.str = ...,
         source: global___ChangelogPosition | None = ...,
+        backfill: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["event_time", b"event_time", "source", b"source", "write_time", b"write_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["event_time", b"event_time", "model_name", b"model_name", "model_version", b"model_version", "producer", b"producer", "source", b"source", "write_time", b"write_time"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["backfill", b"backfill", "event_time", b"event_time", "model_name", b"model_name", "model_version", b"model_version", "producer", b"producer", "source", b"source", "write_time", b"write_time"]) -> None: ...
 
 global___Envelope = Envelope
 

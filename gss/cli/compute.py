@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gss.cli import lifecycle
+from gss.cli import backfill, lifecycle
 from gss.cli.context import CliContext, pass_cli
 
 
@@ -306,6 +306,7 @@ def compute_jars(cli: CliContext, directory: Path | None) -> None:
 
 
 lifecycle.register(signal_group)
+signal_group.add_command(backfill.backfill)
 
 
 def register(main: click.Group) -> None:

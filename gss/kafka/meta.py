@@ -6,6 +6,8 @@
   (UTF-8). A different id means the topic was created anew; its offsets start over.
 - ``outbox\\0<sequence: 8 bytes BE>`` → an :class:`OutboxEntry`. Sequences grow in commit
   order, so a key-order scan is the order the entries were committed in.
+- ``outbox_backfill\\0<sequence: 8 bytes BE>`` → the same, for events of backfilled values
+  (published at a bounded rate, after live entries).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from enum import IntEnum
 OFFSET_PREFIX = b"changelog_offset\x00"
 TOPIC_ID_PREFIX = b"changelog_topic_id\x00"
 OUTBOX_PREFIX = b"outbox\x00"
+# Availability events of backfilled values: a queue of their own, published rate-limited
+# (kafka.backfill_events_per_second) so live events never wait behind a backfill.
+BACKFILL_OUTBOX_PREFIX = b"outbox_backfill\x00"
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -50,12 +55,12 @@ def topic_id_key(topic: str) -> bytes:
     return TOPIC_ID_PREFIX + topic.encode()
 
 
-def outbox_key(sequence: int) -> bytes:
-    return OUTBOX_PREFIX + _U64.pack(sequence)
+def outbox_key(sequence: int, *, backfill: bool = False) -> bytes:
+    return (BACKFILL_OUTBOX_PREFIX if backfill else OUTBOX_PREFIX) + _U64.pack(sequence)
 
 
 def outbox_sequence(key: bytes) -> int:
-    return int(_U64.unpack(key[len(OUTBOX_PREFIX) :])[0])
+    return int(_U64.unpack(key[-_U64.size :])[0])
 
 
 class EntryKind(IntEnum):

@@ -28,7 +28,14 @@ from contract.registry import GalaxySpec, Registry
 from contract.settings import KafkaSettings
 from contract.v1 import envelope_pb2, events_pb2
 from gss.kafka import metrics
-from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_key, outbox_sequence
+from gss.kafka.meta import (
+    BACKFILL_OUTBOX_PREFIX,
+    OUTBOX_PREFIX,
+    EntryKind,
+    OutboxEntry,
+    outbox_key,
+    outbox_sequence,
+)
 from store.db import AppliedBatch, SignalStore, Write
 from store.records import StoredRecord
 
@@ -114,14 +121,24 @@ class EventBuilder:
             model_name=envelope.model_name,
             model_version=envelope.model_version,
             position=source,
+            backfill=envelope.backfill,
         )
         if info.inline and len(stored.value.value) <= self.inline_max:
             event.value.CopyFrom(stored.value)
         return event
 
     def entry(self, write: Write) -> OutboxEntry:
+        return self.marked_entry(write)[0]
+
+    def marked_entry(self, write: Write) -> tuple[OutboxEntry, bool]:
+        """The write's outbox entry, and whether it announces a backfilled value."""
         info, entity = self._info(write.galaxy, write.key)
         event = self._event(write, info, entity)
+        return self._entry(write, info, entity, event), event.backfill
+
+    def _entry(
+        self, write: Write, info: _SignalInfo, entity: bytes, event: events_pb2.SignalAvailable
+    ) -> OutboxEntry:
         return OutboxEntry(
             EntryKind.AVAILABLE,
             write.galaxy,
@@ -148,9 +165,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         depth, last = 0, 0
-        for key, _ in store.scan_meta(OUTBOX_PREFIX):
-            depth += 1
-            last = outbox_sequence(key)
+        for prefix in (OUTBOX_PREFIX, BACKFILL_OUTBOX_PREFIX):
+            for key, _ in store.scan_meta(prefix):
+                depth += 1
+                last = max(last, outbox_sequence(key))
         self._last_sequence = last
         self._depth = depth
         metrics.OUTBOX_ENTRIES.set(depth)
@@ -162,10 +180,10 @@ class Outbox:
         """Entries committed and not yet acknowledged by the broker."""
         return self._depth
 
-    def _next_key(self) -> bytes:
+    def _next_key(self, backfill: bool = False) -> bytes:
         # Wall-clock nanoseconds keep sequences growing across restarts too.
         self._last_sequence = max(self._last_sequence + 1, time.time_ns())
-        return outbox_key(self._last_sequence)
+        return outbox_key(self._last_sequence, backfill=backfill)
 
     def apply_with_events(
         self,
@@ -181,10 +199,10 @@ class Outbox:
 
         def derive(winners: Sequence[Write]) -> list[tuple[bytes, bytes]]:
             nonlocal added
-            entries = [self.builder.entry(w) for w in winners]
-            entries.extend(dead_letters)
+            entries = [self.builder.marked_entry(w) for w in winners]
+            entries.extend((d, False) for d in dead_letters)
             with self._lock:
-                out = [(self._next_key(), e.encode()) for e in entries]
+                out = [(self._next_key(backfill), e.encode()) for e, backfill in entries]
             added = len(out)
             return out
 

@@ -7,6 +7,12 @@ outage leaves it in the outbox, and it is sent again (at-least-once; consumers d
 id). When a delivery fails (broker down longer than ``publish_timeout_seconds``, topic gone),
 the producer is thrown away, missing topics are created again, and a fresh producer re-sends
 everything still in the outbox, in order.
+
+Events of backfilled values wait in a queue of their own (``BACKFILL_OUTBOX_PREFIX``): each
+round sends the live entries first, then backfill entries as a token bucket allows
+(``kafka.backfill_events_per_second``, bursts of one second's worth), so a backfill never
+delays or floods live events. The two queues are each in commit order; an entity's backfill
+event may reach the topic after a later live event of it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ from contract.registry import Registry
 from contract.settings import KafkaSettings
 from contract.topics import TopicKind, ensure_topics, topic_name
 from gss.kafka import metrics
-from gss.kafka.meta import OUTBOX_PREFIX, EntryKind, OutboxEntry, outbox_sequence
+from gss.kafka.meta import (
+    BACKFILL_OUTBOX_PREFIX,
+    OUTBOX_PREFIX,
+    EntryKind,
+    OutboxEntry,
+    outbox_sequence,
+)
 from gss.kafka.outbox import Outbox
 
 log = structlog.get_logger(__name__)
@@ -57,6 +69,10 @@ class OutboxPublisher:
         self._topics: dict[tuple[EntryKind, str], str] = {}
         self.published = 0
         self.failures = 0
+        self._backfill_cursor: bytes | None = None
+        self._backfill_rate = kafka.backfill_events_per_second
+        self._tokens = max(1.0, self._backfill_rate)
+        self._tokens_at = time.monotonic()
 
     def start(self) -> OutboxPublisher:
         if self._thread is None:
@@ -132,23 +148,27 @@ class OutboxPublisher:
         if producer is None:
             producer = self._new_producer()
             cursor, in_flight = None, set()
+            self._backfill_cursor = None
         room = self.kafka.outbox_max_in_flight - len(in_flight)
         sent = 0
         if room > 0:
-            start = cursor + b"\x00" if cursor is not None else None
-            for key, raw in self.outbox.store.scan_meta(OUTBOX_PREFIX, room, start=start):
-                try:
-                    entry = OutboxEntry.decode(raw)
-                except ValueError as exc:
-                    # Never written by this GSS (or damaged): it can never be sent.
-                    log.error("outbox_entry_unreadable", error=str(exc), outbox_key=key.hex())
-                    self.outbox.removed([key])
-                    continue
-                if not self._produce(producer, key, entry):
-                    break
-                cursor = key
-                in_flight.add(key)
-                sent += 1
+            cursor, sent = self._send(producer, OUTBOX_PREFIX, cursor, room, in_flight)
+        idle_wait = 0.5
+        room -= sent
+        if room > 0:
+            now = time.monotonic()
+            burst = max(1.0, self._backfill_rate)
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * self._backfill_rate)
+            self._tokens_at = now
+            allowance = min(room, int(self._tokens))
+            if allowance > 0:
+                self._backfill_cursor, sent_backfill = self._send(
+                    producer, BACKFILL_OUTBOX_PREFIX, self._backfill_cursor, allowance, in_flight
+                )
+                self._tokens -= sent_backfill
+                sent += sent_backfill
+            else:  # backfill entries may be waiting for the next token
+                idle_wait = min(idle_wait, max(0.001, (1.0 - self._tokens) / self._backfill_rate))
         if in_flight:
             producer.poll(0.01)
         acked, failure = self._collect(in_flight)
@@ -160,8 +180,35 @@ class OutboxPublisher:
             self._stop.wait(backoff)
             return None, None, set(), min(backoff * 2, _MAX_BACKOFF_SECONDS)
         if not in_flight and not sent:
-            self.outbox.wait(0.5)
+            self.outbox.wait(idle_wait)
         return producer, cursor, in_flight, backoff
+
+    def _send(
+        self,
+        producer: Producer,
+        prefix: bytes,
+        cursor: bytes | None,
+        limit: int,
+        in_flight: set[bytes],
+    ) -> tuple[bytes | None, int]:
+        """Hand up to ``limit`` entries of one queue after ``cursor`` to the producer; the new
+        cursor and how many were handed over."""
+        sent = 0
+        start = cursor + b"\x00" if cursor is not None else None
+        for key, raw in self.outbox.store.scan_meta(prefix, limit, start=start):
+            try:
+                entry = OutboxEntry.decode(raw)
+            except ValueError as exc:
+                # Never written by this GSS (or damaged): it can never be sent.
+                log.error("outbox_entry_unreadable", error=str(exc), outbox_key=key.hex())
+                self.outbox.removed([key])
+                continue
+            if not self._produce(producer, key, entry):
+                break
+            cursor = key
+            in_flight.add(key)
+            sent += 1
+        return cursor, sent
 
     def _produce(self, producer: Producer, key: bytes, entry: OutboxEntry) -> bool:
         generation = self._generation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from contract.registry import Registry
@@ -88,3 +89,40 @@ def test_data_survives_close_and_reopen(tmp_path: Path, registry: Registry) -> N
         store.apply(to_writes(registry, [dhash_record(7, 99, seconds=1)]))
     with SignalStore(path, list(registry.galaxies)) as store:
         assert stored_hash(store, registry, 7) == 99
+
+
+def test_an_equal_value_at_an_equal_event_time_is_skipped(
+    store: SignalStore, registry: Registry
+) -> None:
+    """Same event time and value bytes, a later changelog offset, another producer and the
+    backfill mark: no new value (the stored record keeps its position) and nothing derived."""
+
+    def at(offset: int, value: int, *, backfill: bool = False) -> list[Write]:
+        record = dhash_record(4, value, producer="flink:gss-backfill" if backfill else "live")
+        record.envelope.backfill = backfill
+        position = envelope_pb2.ChangelogPosition(
+            topic="gss.images.changelog", partition=0, offset=offset
+        )
+        return to_writes(registry, [record], positions=[position])
+
+    derived: list[int] = []
+
+    def derive(winners: Sequence[Write]) -> list[tuple[bytes, bytes]]:
+        derived.append(len(winners))
+        return []
+
+    assert store.apply(at(10, 1), derive_meta=derive).applied == [True]
+    assert store.apply(at(20, 1, backfill=True), derive_meta=derive).applied == [False]
+    key = at(10, 1)[0].key
+    kept = records.StoredRecord.decode(store.get_many("images", [key])[0] or b"")
+    assert kept.source_offset == 10
+    assert not kept.envelope.backfill
+    # Another value at the same event time and a later offset still wins (and is announced).
+    assert store.apply(at(30, 2, backfill=True), derive_meta=derive).applied == [True]
+    assert derived == [1, 0, 1]
+    # In one batch: a repeat of the pending value is skipped; a batch that ends where the
+    # store already is changes nothing.
+    batch = [*at(40, 5), *at(41, 5)]
+    assert store.apply(batch).applied == [True, False]
+    assert store.apply([*at(50, 6), *at(51, 5)]).applied == [False, False]
+    assert stored_hash(store, registry, 4) == 5
