@@ -30,8 +30,24 @@ merging the partitions, producing with ``producer_config``, the final flush incl
 fresh topic: records/s, against a raw produce of the same records (key, value, headers) from
 memory with the same producer options into another fresh topic.
 
-``GSS_BENCH_HISTORY_PARTS`` (default ``archive,rebuild,replay``) picks the parts; bench/run.py keeps
-the keys of this section that a run does not measure.
+And the compute job over history (``unified_read`` and ``backfill`` keys, not run by
+default): ``GSS_BENCH_HISTORY_UNIFIED_READ_RECORDS`` / ``GSS_BENCH_HISTORY_BACKFILL_RECORDS``
+(default 20,000) image events on ``content.images`` (4 partitions) of a local broker, archived
+to a local directory by the real archiver, then, same run, Flink MiniCluster jobs (parallelism
+1) running ``images/dhash@1`` (a cheap map), each measured from its first changelog record to
+its last (its own records, by producer):
+
+1. live only (the baseline): the live job reading the same images from Kafka, from the
+   beginning: records/s;
+2. ``unified_read``: the job with ``compute.history_from`` before the images, reading them
+   through the unified source (HybridSource: the archive, then Kafka after the last archived
+   offset; no rate limit): records/s;
+3. ``backfill``: the job ``gss signal backfill images/dhash@1 --since ...`` runs
+   (:func:`compute.flink.backfill.compute_overrides`: the archive only, bounded, values marked
+   backfill; no rate limit) until it finishes: images/s.
+
+``GSS_BENCH_HISTORY_PARTS`` (default: all five, ``archive,rebuild,replay,unified_read,backfill``)
+picks the parts; bench/run.py keeps the keys of this section that a run does not measure.
 
 Returns the ``history`` section of bench/report.json.
 """
@@ -43,6 +59,7 @@ import shutil
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -350,9 +367,193 @@ def replay_section(count: int) -> dict[str, Any]:
     }
 
 
+class _JobCounter:
+    """Changelog records one job wrote (by ``envelope.producer``), first and last arrival."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, partitions: int, producer: str) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": "bench-history-jobs",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self.producer = producer
+        self.count = 0
+        self.first = self.last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer.consume(1000, 0.05):
+                value = message.value()
+                if message.error() or not value:
+                    continue
+                record = envelope_pb2.SignalRecord.FromString(value)
+                if record.envelope.producer != self.producer:
+                    continue
+                now = time.monotonic()
+                self.count += 1
+                self.first = self.first or now
+                self.last = now
+
+    def wait(self, count: int, timeout: float) -> float:
+        """Until ``count`` records arrived: records/s from the first to the last."""
+        deadline = time.monotonic() + timeout
+        while self.count < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.count} of {count} {self.producer} records in {timeout} s"
+                )
+            time.sleep(0.05)
+        return count / max(self.last - self.first, 1e-6)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def jobs_section(count: int, part: str) -> dict[str, Any]:
+    """``unified_read`` (a job ``--from`` the start: the archive then Kafka) or ``backfill``
+    (``gss signal backfill images/dhash@1``'s job: the archive only, bounded), each against a
+    live-only job over the same ``count`` images from Kafka (from the beginning), same run."""
+    from compute.examples.images.dhash import dhash
+    from compute.flink import backfill as plan
+    from compute.flink import gateway
+    from compute.flink.run import ComputeJob, bound_plugins
+    from compute.flink.run import ensure_topics as ensure_job_topics
+    from contract.settings import Settings, load_settings
+    from gss.local.generator import ContentGenerator
+
+    work = Path(tempfile.mkdtemp(prefix=f"gss-bench-{part}-"))
+    content = "content.images"
+    try:
+        with LocalBroker() as broker:
+            bootstrap = broker.bootstrap_servers
+            settings = load_settings(
+                kafka={"bootstrap_servers": bootstrap},
+                archive={
+                    "root": str(work / "archive"),
+                    "metrics_port": -1,
+                    "max_file_records": 25_000,
+                    "max_file_seconds": 1.0,
+                    "content_topics": [content],
+                },
+                compute={
+                    "job_name": "gss-bench-history-live",
+                    "checkpoint_dir": (work / "checkpoints").as_uri(),
+                    "idle_source_seconds": 1.0,
+                    "metrics_port": 0,
+                },
+            )
+            registry = load_registry(settings.registry_path)
+            galaxy = registry.galaxy("images")
+            changelog = settings.kafka.topic(settings.kafka.changelog_topic, "images")
+            ensure_job_topics(settings, bound_plugins(settings, [dhash], registry), registry)
+            since = datetime.now(UTC) - timedelta(minutes=10)
+            producer = Producer(
+                producer_config(settings.kafka, "gss-bench-history", delivery_timeout_seconds=60)
+            )
+            last: dict[tuple[str, int], int] = {}
+
+            def report(err: Any, msg: Any) -> None:
+                if err is None:
+                    key = (msg.topic(), msg.partition())
+                    last[key] = max(msg.offset(), last.get(key, -1))
+
+            generator = ContentGenerator(seed=3, duplicate_fraction=0.0)
+            for i in range(count):
+                _, key, event = generator.next_image(since + timedelta(milliseconds=i))
+                while True:
+                    try:
+                        producer.produce(
+                            content, key=key, value=event.SerializeToString(), on_delivery=report
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            if producer.flush(120):
+                raise RuntimeError("the benchmark's images were not all acknowledged")
+            storage = open_storage(settings.archive)
+            archiver = Archiver(settings.archive, settings.kafka, [content], storage)
+            thread = threading.Thread(
+                target=archiver.run, kwargs={"duration_seconds": 600}, daemon=True
+            )
+            thread.start()
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline and not all(
+                    (m := commits.newest_marker(storage, t, p)) is not None and m.last_offset >= o
+                    for (t, p), o in last.items()
+                ):
+                    time.sleep(0.05)
+            finally:
+                archiver.stop()
+                thread.join(60)
+
+            def timed(job_settings: Settings, bounded: bool) -> float:
+                """Records/s from the first changelog record of the job to the last."""
+                name = job_settings.compute.job_name
+                counter = _JobCounter(bootstrap, changelog, galaxy.partitions, f"flink:{name}")
+                try:
+                    with ComputeJob(
+                        job_settings, [dhash], registry=registry, create_topics=False
+                    ) as job:
+                        rate = counter.wait(count, timeout=600)
+                        if bounded and job.wait(timeout_seconds=120) != "FINISHED":
+                            raise RuntimeError(f"{name} did not finish")
+                    return rate
+                finally:
+                    counter.close()
+
+            def with_compute(**update: Any) -> Settings:
+                return settings.model_copy(
+                    update={"compute": settings.compute.model_copy(update=update)}
+                )
+
+            live = timed(settings, bounded=False)
+            if part == "unified_read":
+                measured = timed(
+                    with_compute(job_name="gss-bench-history-unified", history_from=since),
+                    bounded=False,
+                )
+            else:
+                overrides = plan.compute_overrides(
+                    settings,
+                    dhash,
+                    since=since,
+                    until=None,
+                    rate_per_second=None,
+                    continue_live=False,
+                )
+                measured = timed(with_compute(**overrides), bounded=True)
+                plan.clear_checkpoints(overrides["checkpoint_dir"])
+            gateway.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    name = "unified_history_then_kafka" if part == "unified_read" else "backfill_dhash"
+    unit = "records" if part == "unified_read" else "images"
+    return {
+        unit: count,
+        "plugin": "images/dhash@1",
+        "content_partitions": len(last),
+        "parallelism": 1,
+        f"live_kafka_only_{unit}_per_s": round(live, 1),
+        f"{name}_{unit}_per_s": round(measured, 1),
+        f"{name}_vs_live_ratio": round(measured / live, 3),
+    }
+
+
 def run(report_dir: Path) -> dict[str, Any]:
     logs.configure("WARNING", "json")
-    parts = os.environ.get("GSS_BENCH_HISTORY_PARTS", "archive,rebuild,replay").split(",")
+    parts = os.environ.get(
+        "GSS_BENCH_HISTORY_PARTS", "archive,rebuild,replay,unified_read,backfill"
+    ).split(",")
     out: dict[str, Any] = {}
     if "archive" in parts:
         out["archive"] = archive_section(
@@ -368,6 +569,11 @@ def run(report_dir: Path) -> dict[str, Any]:
         out["replay"] = replay_section(
             int(os.environ.get("GSS_BENCH_HISTORY_REPLAY_RECORDS", "100000"))
         )
+    for part in ("unified_read", "backfill"):
+        if part in parts:
+            out[part] = jobs_section(
+                int(os.environ.get(f"GSS_BENCH_HISTORY_{part.upper()}_RECORDS", "20000")), part
+            )
     return out
 
 
