@@ -81,6 +81,8 @@ def ingest_rate(
     kafka: KafkaSettings, registry: Registry, work: Path, count: int
 ) -> tuple[float, list[Any]]:
     """Records/s the ingester materialises; also returns the writes for the baseline."""
+    # GSS's producers never create topics implicitly (contract.kafka.producer_config).
+    ensure_topics(kafka, registry)
     producer = _producer(kafka)
     base = time.time_ns()
     records = [_record(n, base + n) for n in range(count)]

@@ -178,8 +178,9 @@ class SignalStore:
         count as skipped. A write whose event time and value bytes equal the stored record's
         (:func:`store.records.same_value`; envelope aside) is skipped too: repeating a value
         (a re-run, a backfill) writes nothing and derives no outbox entry. ``meta`` (for
-        example changelog offsets) and the entries ``derive_meta`` returns for the winning writes (for example outbox events) are put in
-        the meta column family in the same WriteBatch, so all or none of it is durable.
+        example changelog offsets) and the entries ``derive_meta`` returns for the winning
+        writes (for example outbox events) are put in the meta column family in the same
+        WriteBatch, so all or none of it is durable.
         """
         with self._lock:
             if self._closed:
