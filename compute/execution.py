@@ -42,6 +42,8 @@ EMPTY = "empty_total"
 RETRIES = "retries_total"
 DEAD_LETTERS = "dead_letters_total"
 LATE = "late_events_total"
+# Inputs that never decode (BAD_INPUT); the Flink job labels this one by topic and partition.
+BAD_INPUTS = "bad_inputs_total"
 
 
 def no_tally(name: str, amount: int) -> None:
@@ -50,6 +52,21 @@ def no_tally(name: str, amount: int) -> None:
 
 class BadInput(ValueError):
     """An input record that can never be processed as sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an input was read: what a dead letter names so it can be found and replayed.
+
+    The Flink job knows it for every record (its sources yield partition, offset, Kafka
+    timestamp and key beside the value); the in-process harness has no Kafka and passes none.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+    key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,18 +194,23 @@ def dead_letter(
     event_ms: int | None,
     error: BaseException | None = None,
     attempts: int = 0,
-    input_topic: str | None = None,
+    at: Position | None = None,
 ) -> SinkRow:
     """The dead-letter row for an input the plugin could not turn into a value.
 
-    The input's partition, offset, key, headers and Kafka timestamp stay unset: PyFlink's
-    Kafka source hands the job record values only (``set_value_only_deserializer``).
+    ``at`` fills the input's topic, partition, offset, key and Kafka timestamp; without it
+    (the harness, a window's or join's result) only the topic is named, the plugin's input
+    topic. Headers stay unset: the job's sources do not carry them.
     """
     letter = deadletter.build(
         reason,
         galaxy=bound.galaxy,
         producer=bound.producer,
-        input_topic=input_topic or bound.input_topic,
+        input_topic=at.topic if at is not None else bound.input_topic,
+        input_partition=at.partition if at is not None else None,
+        input_offset=at.offset if at is not None else None,
+        input_key=at.key if at is not None else None,
+        input_timestamp_ms=at.timestamp_ms if at is not None and at.timestamp_ms else None,
         input=payload,
         error=error,
         attempts=attempts,
@@ -205,6 +227,9 @@ def dead_letter(
         error_type=letter.error_type,
         error=letter.error[:200],
         attempts=attempts,
+        input_topic=letter.input_topic,
+        input_partition=at.partition if at is not None else None,
+        input_offset=at.offset if at is not None else None,
     )
     return bound.dlq_topic, deadletter.kafka_key(entity, None) or b"", deadletter.serialize(letter)
 
@@ -219,6 +244,7 @@ def finish(
     tally: Tally,
     model_name: str = "",
     model_version: str = "",
+    at: Position | None = None,
 ) -> list[SinkRow]:
     """Rows for an outcome: the value, nothing (None), or a dead letter."""
     if outcome.error is not None:
@@ -232,6 +258,7 @@ def finish(
                 event_ms=event_ms,
                 error=outcome.error,
                 attempts=outcome.attempts,
+                at=at,
             )
         ]
     if outcome.value is None:
@@ -250,13 +277,18 @@ def finish(
                 event_ms=event_ms,
                 error=exc,
                 attempts=outcome.attempts,
+                at=at,
             )
         ]
     tally(VALUES, 1)
     return [(bound.changelog_topic, entity, record.SerializeToString())]
 
 
-def bad_input(bound: Bound, payload: bytes, error: BaseException, tally: Tally) -> SinkRow:
+def bad_input(
+    bound: Bound, payload: bytes, error: BaseException, tally: Tally, at: Position | None = None
+) -> SinkRow:
+    """The BAD_INPUT dead letter of an input that does not decode; counted in BAD_INPUTS."""
+    tally(BAD_INPUTS, 1)
     tally(DEAD_LETTERS, 1)
     return dead_letter(
         bound,
@@ -266,28 +298,41 @@ def bad_input(bound: Bound, payload: bytes, error: BaseException, tally: Tally) 
         event_ms=None,
         error=error,
         attempts=0,
+        at=at,
     )
 
 
 # ---- map -----------------------------------------------------------------------------------
 
 
-def run_map(bound: Bound, payload: bytes, tally: Tally = no_tally) -> list[SinkRow]:
-    """One content event through a map plugin."""
+def run_map(
+    bound: Bound, payload: bytes, tally: Tally = no_tally, at: Position | None = None
+) -> list[SinkRow]:
+    """One content event (read at ``at``, when known) through a map plugin."""
     tally(INPUTS, 1)
     try:
         event = decode_event(bound, payload)
     except BadInput as exc:
-        return [bad_input(bound, payload, exc, tally)]
+        return [bad_input(bound, payload, exc, tally, at)]
     plugin = bound.plugin
     outcome = call_with_retry(plugin.retry, lambda: plugin.fn(event.message), tally)
     return finish(
-        bound, outcome, entity=event.entity, event_ms=event.event_ms, payload=payload, tally=tally
+        bound,
+        outcome,
+        entity=event.entity,
+        event_ms=event.event_ms,
+        payload=payload,
+        tally=tally,
+        at=at,
     )
 
 
 async def run_model(
-    bound: Bound, payload: bytes, client: Any, tally: Tally = no_tally
+    bound: Bound,
+    payload: bytes,
+    client: Any,
+    tally: Tally = no_tally,
+    at: Position | None = None,
 ) -> list[SinkRow]:
     """One content event through a model plugin; its model calls join micro-batches."""
     from compute.inference import Model
@@ -296,7 +341,7 @@ async def run_model(
     try:
         event = decode_event(bound, payload)
     except BadInput as exc:
-        return [bad_input(bound, payload, exc, tally)]
+        return [bad_input(bound, payload, exc, tally, at)]
     plugin = bound.plugin
     assert plugin.model is not None
     model = Model(client, plugin.model)
@@ -312,6 +357,7 @@ async def run_model(
         tally=tally,
         model_name=plugin.model,
         model_version=model.used_version,
+        at=at,
     )
 
 
@@ -319,14 +365,14 @@ async def run_model(
 
 
 def extract(
-    bound: Bound, payload: bytes, tally: Tally = no_tally
+    bound: Bound, payload: bytes, tally: Tally = no_tally, at: Position | None = None
 ) -> tuple[Event | None, Any, list[SinkRow]]:
     """A group-by's per-event step: (event, extracted value or None, dead-letter rows)."""
     tally(INPUTS, 1)
     try:
         event = decode_event(bound, payload)
     except BadInput as exc:
-        return None, None, [bad_input(bound, payload, exc, tally)]
+        return None, None, [bad_input(bound, payload, exc, tally, at)]
     group_by = bound.plugin.group_by
     assert group_by is not None
     outcome = call_with_retry(
@@ -346,6 +392,7 @@ def extract(
                     event_ms=event.event_ms,
                     error=outcome.error,
                     attempts=outcome.attempts,
+                    at=at,
                 )
             ],
         )
@@ -386,11 +433,18 @@ def window_result(
     )
 
 
-def too_late(bound: Bound, event: Event, payload: bytes, tally: Tally = no_tally) -> SinkRow:
+def too_late(
+    bound: Bound, event: Event, payload: bytes, tally: Tally = no_tally, at: Position | None = None
+) -> SinkRow:
     tally(LATE, 1)
     tally(DEAD_LETTERS, 1)
     return dead_letter(
-        bound, Reason.TOO_LATE, entity=event.entity, payload=payload, event_ms=event.event_ms
+        bound,
+        Reason.TOO_LATE,
+        entity=event.entity,
+        payload=payload,
+        event_ms=event.event_ms,
+        at=at,
     )
 
 
@@ -408,11 +462,15 @@ class JoinUpdate:
 
 
 def join_updates(bounds: list[Bound], payload: bytes) -> list[tuple[int, JoinUpdate]]:
-    """The (join index, update) pairs a changelog record feeds; empty if none reads it."""
+    """The (join index, update) pairs a changelog record feeds; empty if none reads it.
+
+    BadInput if it is not a SignalRecord: callers count it (BAD_INPUTS) but write no dead
+    letter, since the changelog ingester dead-letters the same record.
+    """
     try:
         record = envelope_pb2.SignalRecord.FromString(payload)
-    except DecodeError:
-        return []  # the ingester dead-letters undecodable changelog records
+    except DecodeError as exc:
+        raise BadInput(f"not a gss.v1.SignalRecord: {exc}") from None
     out = []
     for index, bound in enumerate(bounds):
         if record.galaxy != bound.galaxy:

@@ -110,7 +110,7 @@ class LocalHarness:
         for bound in bounds or ():
             rows.extend(self._process(bound, payload))
         if is_changelog:
-            rows.extend(self._feed_joins(payload))
+            rows.extend(self._feed_joins(topic, payload))
         self._emit(rows)
         return self.outputs[start:]
 
@@ -197,7 +197,7 @@ class LocalHarness:
                 Output(topic, key, record=envelope_pb2.SignalRecord.FromString(value))
             )
             if any(b.input_topic == topic for b in self._joins):
-                pending.extend(self._feed_joins(value))
+                pending.extend(self._feed_joins(topic, value))
 
     def _process(self, bound: Bound, payload: bytes) -> list[SinkRow]:
         tally = self._tally(bound)
@@ -277,9 +277,16 @@ class LocalHarness:
             del windows[key]
         return rows
 
-    def _feed_joins(self, payload: bytes) -> list[SinkRow]:
+    def _feed_joins(self, topic: str, payload: bytes) -> list[SinkRow]:
         rows: list[SinkRow] = []
-        for index, update in execution.join_updates(self._joins, payload):
+        try:
+            updates = execution.join_updates(self._joins, payload)
+        except execution.BadInput:
+            for bound in self._joins:
+                if bound.input_topic == topic:
+                    self._tally(bound)(execution.BAD_INPUTS, 1)
+            return rows
+        for index, update in updates:
             bound = self._joins[index]
             tally = self._tally(bound)
             tally(execution.INPUTS, 1)

@@ -1,16 +1,18 @@
 """GSS's own Flink connector classes (compute/flink/java/gss/flink/*.java), built into a jar.
 
-PyFlink 2.3 cannot make a HybridSource whose archive leg and Kafka leg yield the same element
-type without a little Java (docs/history.md, "Unified source"): a Kafka deserializer and an
-archive file format that both yield ``Row(partition, offset, timestamp_ms, key, value)``, and
-a wrapper that rate-limits a source's readers. They are compiled here with ``javac`` against
+PyFlink 2.3 hands a job Kafka record values only, and cannot make a HybridSource whose
+archive leg and Kafka leg yield the same element type, without a little Java
+(docs/history.md, "Unified source"): a Kafka deserializer and an archive file format that both
+yield ``Row(partition, offset, timestamp_ms, key, value)`` (so a dead letter names where its
+input was read), and a wrapper that rate-limits a source's readers. They are compiled here with ``javac`` against
 PyFlink's own jars and the Kafka connector jars into ``<jars_dir>/gss-flink-connectors.jar``,
 again whenever the sources (or the PyFlink version) change.
 
     python -m compute.flink.connectors            # build if stale, print the jar's path
     python -m compute.flink.connectors --dir DIR  # into DIR (the image: /opt/flink/lib)
 
-Only a job that reads history needs the jar (and so a JDK); the live-only job runs without.
+Every job needs the jar, so building it needs a JDK once (scripts/bootstrap.sh installs one;
+the Flink image builds it into /opt/flink/lib).
 """
 
 from __future__ import annotations

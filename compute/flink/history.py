@@ -1,13 +1,16 @@
 """One source for history and live: a content topic read from the archive, then from Kafka.
 
-    archive (commit markers -> one manifest per partition) ─FileSource (rate-limited)─┐
-                                                                                     ├ HybridSource ─▶ Row
-    Kafka, from each partition's last archived offset + 1 ───────────KafkaSource ────┘
-        ─▶ filter (before the start) ─▶ value bytes (what the live-only source yields)
+    archive (commit markers -> a manifest per partition group) ─FileSource (rate-limited)─┐
+                                                                                          ├ HybridSource ─▶ Row
+    Kafka, from each partition's last archived offset + 1 ────────────────KafkaSource ────┘
+        ─▶ filter (before the start, from the end, tombstones) ─▶ the operators
 
-Both legs yield ``Row(partition, offset, timestamp_ms, key, value)`` (Java classes in
-compute/flink/java, built by compute.flink.connectors: PyFlink alone cannot give a file leg
-and a Kafka leg one element type). Watermarks are assigned at the source from the record's
+Both legs yield ``Row(partition, offset, timestamp_ms, key, value)``, the input row every
+source of the job yields (Java classes in compute/flink/java, built by
+compute.flink.connectors: PyFlink alone cannot give a file leg and a Kafka leg one element
+type). The archive leg has one split per group of partitions (as many groups as the job's
+parallelism, at most one per partition); a split merges its partitions by Kafka timestamp and
+each partition stays in offset order. Watermarks are assigned at the source from the record's
 Kafka timestamp on both legs; with two or more topics Flink's watermark alignment keeps their
 event times within ``compute.history_max_drift_seconds``. docs/history.md, "Unified source".
 """
@@ -20,34 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors import Source
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.datastream.connectors.hybrid_source import HybridSource
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
 from pyflink.java_gateway import get_gateway
-from pyflink.util.java_utils import add_jars_to_context_class_loader, get_java_class
+from pyflink.util.java_utils import get_java_class
 
+from compute.flink import operators as ops
 from contract.archive import ArchiveRoot, archive_root, archived_partitions, partition_history
 from contract.errors import InvalidArgumentError
 from contract.settings import Settings
-
-
-def row_type() -> Any:
-    """The element type of both legs. Made per job: PyFlink caches the Java type on the
-    object, which would outlive the gateway JVM it came from (a second job in one process)."""
-    return Types.ROW_NAMED(
-        ["partition", "offset", "timestamp_ms", "key", "value"],
-        [
-            Types.INT(),
-            Types.LONG(),
-            Types.LONG(),
-            Types.PRIMITIVE_ARRAY(Types.BYTE()),
-            Types.PRIMITIVE_ARRAY(Types.BYTE()),
-        ],
-    )
-
 
 MANIFESTS_DIR = "_manifests"
 
@@ -147,24 +135,42 @@ def kafka_start_offsets(
         consumer.close()
 
 
+def manifest_groups(plan: TopicPlan, splits: int) -> list[str]:
+    """The manifests' texts: the archived partitions dealt round-robin into at most ``splits``
+    groups, a line per batch (``partition<TAB>file URI<TAB>...``), each partition's batches in
+    offset order (gss.flink.ArchiveManifestRowFormat reads them)."""
+    partitions = sorted(plan.manifests)
+    count = max(1, min(splits, len(partitions)))
+    return [
+        "".join(
+            "\t".join([str(p), *batch]) + "\n"
+            for p in partitions[g::count]
+            for batch in plan.manifests[p]
+        )
+        for g in range(count)
+        if partitions[g::count]
+    ]
+
+
 def _write_manifests(root: ArchiveRoot, settings: Settings, plan: TopicPlan) -> list[str]:
-    """One manifest per archived partition (a line per batch, tab-separated file URIs), under
-    ``<root>/_manifests/<job>/<run>/``; their URIs."""
+    """The plan's manifests (:func:`manifest_groups`, one per parallel reader) under
+    ``<root>/_manifests/<job>/<run>/<topic>/``; their URIs."""
     if not plan.manifests:
         return []
     run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     base = f"{MANIFESTS_DIR}/{settings.compute.job_name}/{run}/{plan.topic}"
     root.fs.create_dir(root.path(base), recursive=True)
     uris = []
-    for p, batches in sorted(plan.manifests.items()):
-        rel = f"{base}/partition-{p}.manifest"
+    for g, text in enumerate(manifest_groups(plan, settings.compute.parallelism)):
+        rel = f"{base}/group-{g}.manifest"
         with root.fs.open_output_stream(root.path(rel)) as out:
-            out.write("".join("\t".join(b) + "\n" for b in batches).encode())
+            out.write(text.encode())
         uris.append(root.uri_of(rel))
     return uris
 
 
-def _jvm_class(name: str) -> Any:
+def java_class(name: str) -> Any:
+    """A class of the JVM by its dotted name (GSS's own connector classes among them)."""
     obj = get_gateway().jvm
     for part in name.split("."):
         obj = getattr(obj, part)
@@ -192,7 +198,7 @@ def watermarks(settings: Settings, aligned: bool) -> WatermarkStrategy:
     compute = settings.compute
     strategy = (
         jvm.org.apache.flink.api.common.eventtime.WatermarkStrategy.forMonotonousTimestamps()
-        .withTimestampAssigner(_jvm_class("gss.flink.KafkaRowDeserializer$RowTimestamps")())
+        .withTimestampAssigner(java_class("gss.flink.KafkaRowDeserializer$RowTimestamps")())
         .withIdleness(jvm.java.time.Duration.ofMillis(int(compute.idle_source_seconds * 1000)))
     )
     if aligned:
@@ -204,41 +210,13 @@ def watermarks(settings: Settings, aligned: bool) -> WatermarkStrategy:
     return WatermarkStrategy(strategy)
 
 
-class _Keep:
-    """The first Python step: drops records before the start (a timestamp, or per-partition
-    offsets) and tombstones; both legs pass through it."""
-
-    def __init__(
-        self,
-        from_timestamp_ms: int | None,
-        from_offsets: dict[int, int],
-        until_timestamp_ms: int | None = None,
-    ) -> None:
-        self.from_timestamp_ms = from_timestamp_ms
-        self.from_offsets = from_offsets
-        self.until_timestamp_ms = until_timestamp_ms
-
-    def __call__(self, row: Any) -> bool:
-        if row[4] is None:
-            return False
-        if self.from_timestamp_ms is not None and row[2] < self.from_timestamp_ms:
-            return False
-        if self.until_timestamp_ms is not None and row[2] >= self.until_timestamp_ms:
-            return False
-        return bool(row[1] >= self.from_offsets.get(row[0], 0))
-
-
-def _value(row: Any) -> bytes:
-    return bytes(row[4])
-
-
 def _file_source(manifests: list[str], rate_per_second: float | None) -> Source:
     """The archive leg: the manifests' files, rate-limited when a rate is set."""
-    fmt = StreamFormat(_jvm_class("gss.flink.ArchiveManifestRowFormat")())
+    fmt = StreamFormat(java_class("gss.flink.ArchiveManifestRowFormat")())
     files: Source = FileSource.for_record_stream_format(fmt, *manifests).build()
     if rate_per_second:
         files = Source(
-            _jvm_class("gss.flink.RateLimitedSource")(
+            java_class("gss.flink.RateLimitedSource")(
                 files.get_java_function(), float(rate_per_second)
             )
         )
@@ -252,12 +230,11 @@ def history_stream(
     *,
     aligned: bool,
     kafka_builder: Any,
-    connectors_jar: str,
     uid: str,
 ) -> DataStream:
-    """The topic's records from the start, history then live, as value bytes (the element type
-    the live-only source gives the operators)."""
-    add_jars_to_context_class_loader([connectors_jar])
+    """The topic's records from the start, history then live, as input rows (the element
+    type every source of the job gives the operators). GSS's connector jar must be on the
+    context class loader (compute.flink.job.content_source puts it there)."""
     compute = settings.compute
     from_ts = start_timestamp_ms(settings)
     if compute.history_bounded and from_ts is None and not compute.history_positions:
@@ -274,7 +251,7 @@ def history_stream(
         kafka_start=kafka_start,
     )
     kafka_builder = kafka_builder.set_starting_offsets(_offsets(topic, plan.kafka_offsets))
-    kafka_builder._j_builder.setDeserializer(_jvm_class("gss.flink.KafkaRowDeserializer")())
+    kafka_builder._j_builder.setDeserializer(java_class("gss.flink.KafkaRowDeserializer")())
     kafka = kafka_builder.build()
     manifests = _write_manifests(root, settings, plan)
     if compute.history_bounded:
@@ -293,10 +270,9 @@ def history_stream(
         name = f"history and live {topic}"
     else:
         source, name = kafka, f"live {topic} (no history archived)"
-    rows = env.from_source(source, watermarks(settings, aligned), name, row_type()).uid(uid)
-    return (
-        rows.filter(_Keep(from_ts, from_offsets, until_timestamp_ms(settings)))
-        .name(f"from start {topic}")
-        .map(_value, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-        .name(f"values of {topic}")
+    rows = env.from_source(source, watermarks(settings, aligned), name, ops.input_row_type()).uid(
+        uid
+    )
+    return rows.filter(ops.KeepFrom(from_ts, from_offsets, until_timestamp_ms(settings))).name(
+        f"from start {topic}"
     )

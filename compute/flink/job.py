@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Configuration, Duration, Time, Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, RowFieldExtractorSchema
+from pyflink.common.serialization import RowFieldExtractorSchema
 from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.async_data_stream import AsyncDataStream
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -35,16 +35,17 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.datastream.window import SlidingEventTimeWindows, TumblingEventTimeWindows
 from pyflink.java_gateway import get_gateway
-from pyflink.util.java_utils import get_java_class
+from pyflink.util.java_utils import add_jars_to_context_class_loader, get_java_class
 
 from compute import execution
 from compute.binding import Bound
-from compute.flink import gateway
+from compute.flink import gateway, history
 from compute.flink import operators as ops
 from compute.flink.connectors import ensure_connectors
 from compute.flink.jars import ensure_jars
 from compute.plugin import Shape, Sliding
 from contract.errors import InvalidArgumentError
+from contract.kafka import java_security_properties
 from contract.settings import Settings
 
 # Python operators hand their output to Flink at the end of a bundle, and each bundle's end
@@ -91,9 +92,7 @@ def flink_configuration(settings: Settings) -> Configuration:
     if compute.mode in ("local", "remote"):
         # The connector jars travel with the job (uploaded to a remote cluster with it); in
         # application mode the image has them in /opt/flink/lib.
-        jars = ensure_jars(compute.jars_dir)
-        if compute.reads_history:
-            jars = [*jars, ensure_connectors(compute.jars_dir)]
+        jars = [*ensure_jars(compute.jars_dir), ensure_connectors(compute.jars_dir)]
         values["pipeline.jars"] = ";".join(path.resolve().as_uri() for path in jars)
     if compute.mode == "local":
         values["python.executable"] = sys.executable
@@ -190,13 +189,14 @@ def _kafka_builder(settings: Settings, topic: str) -> Any:
         .set_property("fetch.max.wait.ms", "50")
         .set_property("commit.offsets.on.checkpoint", "true")
     )
-    for key, value in kafka.client_config.items():
+    for key, value in {**java_security_properties(kafka), **kafka.client_config}.items():
         builder = builder.set_property(key, value)
     return builder
 
 
 def kafka_source(settings: Settings, topic: str) -> KafkaSource:
-    """Raw record values of ``topic``, from the job's committed offsets (else start_from)."""
+    """``topic``'s records as input rows (operators.input_row_type), from the job's committed
+    offsets (else start_from)."""
     builder = _kafka_builder(settings, topic)
     # PyFlink's KafkaOffsetResetStrategy names the shaded Kafka classes of the SQL connector
     # jar; the DataStream connector uses kafka-clients unshaded, so name the enum directly.
@@ -209,30 +209,34 @@ def kafka_source(settings: Settings, topic: str) -> KafkaSource:
             )
         )
     )
-    source: KafkaSource = (
-        builder.set_starting_offsets(reset).set_value_only_deserializer(ByteArraySchema()).build()
-    )
+    builder = builder.set_starting_offsets(reset)
+    builder._j_builder.setDeserializer(history.java_class("gss.flink.KafkaRowDeserializer")())
+    source: KafkaSource = builder.build()
     return source
 
 
 def content_source(
     env: StreamExecutionEnvironment, settings: Settings, topic: str, topics: int
 ) -> DataStream:
-    """The raw values of a content topic: live from Kafka, or (``compute.history_from`` /
-    ``history_positions``) the archive then Kafka, through one HybridSource (compute/flink/history.py)."""
+    """A topic's records as input rows (operators.input_row_type), tombstones dropped: live
+    from Kafka, or (``compute.history_from`` / ``history_positions``) the archive then Kafka,
+    through one HybridSource (compute/flink/history.py)."""
+    connectors = ensure_connectors(settings.compute.jars_dir).resolve().as_uri()
+    add_jars_to_context_class_loader([connectors])
     if not settings.compute.reads_history:
-        return env.from_source(
-            kafka_source(settings, topic), WatermarkStrategy.no_watermarks(), f"source {topic}"
+        rows = env.from_source(
+            kafka_source(settings, topic),
+            WatermarkStrategy.no_watermarks(),
+            f"source {topic}",
+            ops.input_row_type(),
         ).uid(_uid("source", topic))
-    from compute.flink import history
-
+        return rows.filter(ops.KeepFrom()).name(f"values of {topic}")
     return history.history_stream(
         env,
         settings,
         topic,
         aligned=topics > 1,
         kafka_builder=_kafka_builder(settings, topic),
-        connectors_jar=ensure_connectors(settings.compute.jars_dir).resolve().as_uri(),
         uid=_uid("history-source", topic),
     )
 
@@ -266,7 +270,7 @@ def kafka_sink(settings: Settings) -> KafkaSink:
     )
     if exactly_once:
         builder = builder.set_property("transaction.timeout.ms", "900000")
-    for key, value in kafka.client_config.items():
+    for key, value in {**java_security_properties(kafka), **kafka.client_config}.items():
         builder = builder.set_property(key, value)
     # Set on the Java builder directly: the Python one would re-wrap the serializers for its
     # Python topic selector.

@@ -2,8 +2,11 @@
 
 Each function holds the :class:`~compute.binding.Bound` plugins it serves (pickled into the
 job) and turns elements into *sink rows* ``Row(topic, key, value)`` for the one KafkaSink,
-or into intermediate items for the next keyed step. Counters go to Flink's metric system
-under the group ``signal=<galaxy/name@version>`` (docs/compute.md lists them).
+or into intermediate items for the next keyed step. Their input is an *input row*
+``Row(partition, offset, timestamp_ms, key, value)`` as every source of the job yields it
+(:func:`input_row_type`), so a dead letter names where its input was read. Counters go to
+Flink's metric system under the group ``signal=<galaxy/name@version>`` (docs/compute.md
+lists them); ``bad_inputs_total`` also by ``topic`` and ``partition``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,57 @@ from compute.execution import SinkRow
 from compute.plugin import Inputs, Shape
 from contract import logs
 from contract.settings import TritonSettings
+
+
+def input_row_type() -> Any:
+    """Row(partition, offset, timestamp_ms, key, value): a record as the job's sources yield it
+    (the Java ``gss.flink.KafkaRowDeserializer`` and ``ArchiveManifestRowFormat``).
+
+    A new object per job: PyFlink caches the Java type in it, which dies with its gateway.
+    """
+    return Types.ROW_NAMED(
+        ["partition", "offset", "timestamp_ms", "key", "value"],
+        [
+            Types.INT(),
+            Types.LONG(),
+            Types.LONG(),
+            Types.PRIMITIVE_ARRAY(Types.BYTE()),
+            Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        ],
+    )
+
+
+def read_input(topic: str, row: Any) -> tuple[bytes, execution.Position]:
+    """An input row's value bytes and where it was read."""
+    key = row[3]
+    position = execution.Position(
+        topic, int(row[0]), int(row[1]), int(row[2]), None if key is None else bytes(key)
+    )
+    return bytes(row[4]), position
+
+
+class KeepFrom:
+    """The job's first Python step: drops tombstones (no value), and for a run from history
+    the records before its start (a timestamp, or per-partition offsets) and from its end."""
+
+    def __init__(
+        self,
+        from_timestamp_ms: int | None = None,
+        from_offsets: dict[int, int] | None = None,
+        until_timestamp_ms: int | None = None,
+    ) -> None:
+        self.from_timestamp_ms = from_timestamp_ms
+        self.from_offsets = from_offsets or {}
+        self.until_timestamp_ms = until_timestamp_ms
+
+    def __call__(self, row: Any) -> bool:
+        if row[4] is None:
+            return False
+        if self.from_timestamp_ms is not None and row[2] < self.from_timestamp_ms:
+            return False
+        if self.until_timestamp_ms is not None and row[2] >= self.until_timestamp_ms:
+            return False
+        return bool(row[1] >= self.from_offsets.get(row[0], 0))
 
 
 def sink_row_type() -> Any:
@@ -77,20 +131,30 @@ def worker_logging() -> None:
 class Tallies:
     """Flink counters of each plugin, created on first use: ``tallies.of(bound)(name, n)``.
 
-    Made in every function's ``open``, which is also where worker logging is set up.
+    ``tallies.of(bound, at)`` also labels ``bad_inputs_total`` with the input's topic and
+    partition (``gss.signal=<ref>.topic=<t>.partition=<p>``). Made in every function's
+    ``open``, which is also where worker logging is set up.
     """
 
     def __init__(self, context: RuntimeContext) -> None:
         worker_logging()
         self._group = context.get_metrics_group().add_group("gss")
-        self._counters: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, ...], Any] = {}
 
-    def of(self, bound: Bound) -> execution.Tally:
+    def of(self, bound: Bound, at: execution.Position | None = None) -> execution.Tally:
         def tally(name: str, amount: int) -> None:
-            counter = self._counters.get((bound.ref, name))
+            where = (
+                (at.topic, str(at.partition))
+                if at is not None and name == execution.BAD_INPUTS
+                else ()
+            )
+            counter = self._counters.get((bound.ref, name, *where))
             if counter is None:
-                counter = self._group.add_group("signal", bound.ref).counter(name)
-                self._counters[(bound.ref, name)] = counter
+                group = self._group.add_group("signal", bound.ref)
+                if where:
+                    group = group.add_group("topic", where[0]).add_group("partition", where[1])
+                counter = group.counter(name)
+                self._counters[(bound.ref, name, *where)] = counter
             counter.inc(amount)
 
         return tally
@@ -105,9 +169,9 @@ class EntityOf(KeySelector):  # type: ignore[misc]
     def __init__(self, bound: Bound) -> None:
         self.bound = bound
 
-    def get_key(self, value: bytes) -> bytes:
+    def get_key(self, value: Any) -> bytes:
         try:
-            return execution.decode_event(self.bound, value).entity
+            return execution.decode_event(self.bound, bytes(value[4])).entity
         except execution.BadInput:
             return b""
 
@@ -121,10 +185,10 @@ class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
 
-    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        payload = bytes(value)
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+        payload, at = read_input(self.bounds[0].input_topic, value)
         for bound in self.bounds:
-            for row in execution.run_map(bound, payload, self.tallies.of(bound)):
+            for row in execution.run_map(bound, payload, self.tallies.of(bound, at), at):
                 yield sink_row(row)
 
 
@@ -146,13 +210,15 @@ class RunModel(AsyncFunction):  # type: ignore[misc]
         if client is not None and hasattr(client, "close"):
             client.close()
 
-    async def async_invoke(self, value: bytes) -> list[Row]:
+    async def async_invoke(self, value: Any) -> list[Row]:
+        payload, at = read_input(self.bound.input_topic, value)
         rows = await execution.run_model(
-            self.bound, bytes(value), self.client, self.tallies.of(self.bound)
+            self.bound, payload, self.client, self.tallies.of(self.bound, at), at
         )
         return [sink_row(row) for row in rows]
 
-    def timeout(self, value: bytes) -> list[Row]:
+    def timeout(self, value: Any) -> list[Row]:
+        payload, at = read_input(self.bound.input_topic, value)
         tally = self.tallies.of(self.bound)
         tally(execution.DEAD_LETTERS, 1)
         error = TimeoutError(f"{self.bound.ref}: no answer within the model timeout")
@@ -160,10 +226,11 @@ class RunModel(AsyncFunction):  # type: ignore[misc]
             self.bound,
             execution.Reason.PLUGIN_ERROR,
             entity=None,
-            payload=bytes(value),
+            payload=payload,
             event_ms=None,
             error=error,
             attempts=1,
+            at=at,
         )
         return [sink_row(row)]
 
@@ -179,6 +246,7 @@ class Item:
     event_ms: int
     extracted: Any
     payload: bytes
+    at: execution.Position
 
 
 class Extract(ProcessFunction):  # type: ignore[misc]
@@ -190,14 +258,16 @@ class Extract(ProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        payload = bytes(value)
-        event, extracted, rows = execution.extract(self.bound, payload, self.tallies.of(self.bound))
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        payload, at = read_input(self.bound.input_topic, value)
+        event, extracted, rows = execution.extract(
+            self.bound, payload, self.tallies.of(self.bound, at), at
+        )
         for row in rows:
             yield SINK_TAG, sink_row(row)
         if event is not None and not rows:
             # Items with nothing to add still move the watermark; they are dropped after it.
-            yield Item(event.entity, event.event_ms, extracted, payload)
+            yield Item(event.entity, event.event_ms, extracted, payload, at)
 
 
 class ItemTime(TimestampAssigner):  # type: ignore[misc]
@@ -259,7 +329,9 @@ class LateEvent(MapFunction):  # type: ignore[misc]
     def map(self, value: Item) -> Row:
         event = execution.Event(value.entity, value.event_ms, None)  # type: ignore[arg-type]
         return sink_row(
-            execution.too_late(self.bound, event, value.payload, self.tallies.of(self.bound))
+            execution.too_late(
+                self.bound, event, value.payload, self.tallies.of(self.bound), value.at
+            )
         )
 
 
@@ -267,13 +339,25 @@ class LateEvent(MapFunction):  # type: ignore[misc]
 
 
 class JoinUpdates(ProcessFunction):  # type: ignore[misc]
-    """Changelog records -> (join index, JoinUpdate) for each join that reads them."""
+    """Changelog records -> (join index, JoinUpdate) for each join that reads them.
+
+    A record that is not a SignalRecord is counted (``bad_inputs_total`` of every join on the
+    topic) and skipped: the changelog ingester dead-letters it.
+    """
 
     def __init__(self, bounds: list[Bound]) -> None:
         self.bounds = bounds
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        yield from execution.join_updates(self.bounds, bytes(value))
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.tallies = Tallies(runtime_context)
+
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        payload, at = read_input(self.bounds[0].input_topic, value)
+        try:
+            yield from execution.join_updates(self.bounds, payload)
+        except execution.BadInput:
+            for bound in self.bounds:
+                self.tallies.of(bound, at)(execution.BAD_INPUTS, 1)
 
 
 def _ttl(bound: Bound) -> StateTtlConfig:

@@ -173,6 +173,17 @@ class ComputeJob:
             return "FAILED"
         return "FINISHED"
 
+    def failure(self) -> str | None:
+        """Why the job failed: the innermost cause Flink reports (for a damaged archive file,
+        the file and its offsets); None unless :meth:`status` is FAILED."""
+        if self._client is None or self.status() != "FAILED":
+            return None
+        try:
+            self._client.get_job_execution_result().result()
+        except Exception as exc:
+            return failure_cause(str(exc))
+        return None
+
     def wait(
         self, stop: threading.Event | None = None, timeout_seconds: float | None = None
     ) -> str:
@@ -210,6 +221,14 @@ class ComputeJob:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def failure_cause(report: str) -> str:
+    """The innermost ``Caused by:`` of a Java exception report (its first line if none)."""
+    causes = [line.strip() for line in report.splitlines() if line.strip().startswith("Caused by:")]
+    if not causes:
+        return report.strip().splitlines()[0] if report.strip() else report
+    return causes[-1].removeprefix("Caused by:").strip()
 
 
 def execute(settings: Settings) -> None:

@@ -161,12 +161,12 @@ class DeadLetter(google.protobuf.message.Message):
     ("flink:<compute.job_name>"; `signal` names the plugin).
     """
     input_partition: builtins.int
-    """The input's partition and offset in input_topic. Unset when unknown: the compute job's
-    PyFlink Kafka source hands the operators record values only.
+    """The input's partition and offset in input_topic (from Kafka or the archive). Unset when
+    there is no one input: a compute window's or join's result.
     """
     input_offset: builtins.int
     input_key: builtins.bytes
-    """The input record's Kafka key as read; unset when it had none (or when unknown: compute)."""
+    """The input record's Kafka key as read; unset when it had none (or no one input)."""
     @property
     def signal(self) -> contract.v1.envelope_pb2.SignalRef:
         """The signal the input was for: the plugin's (compute), the record's (ingester, when it
@@ -183,11 +183,13 @@ class DeadLetter(google.protobuf.message.Message):
 
     @property
     def input_headers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DeadLetter.Header]:
-        """The input record's headers as read, in order (none from compute)."""
+        """The input record's headers as read, in order (none from compute: its sources do not
+        carry headers).
+        """
 
     @property
     def input_timestamp(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """The input record's Kafka timestamp (unset from compute)."""
+        """The input record's Kafka timestamp (unset when there is no one input)."""
 
     def __init__(
         self,

@@ -167,12 +167,13 @@ def backfill(
     for signum in (signals.SIGINT, signals.SIGTERM):
         signals.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
-    status = "RUNNING"
+    status, cause = "RUNNING", None
     try:
         while not stop.is_set():
             status = job.wait(stop, progress_seconds)
             click.echo("backfill: " + _line(progress.values, total, started), err=True)
             if status in ("FINISHED", "CANCELED", "FAILED"):
+                cause = job.failure() if status == "FAILED" else None
                 break
         time.sleep(1.0)  # the last values reach the progress consumer
     finally:
@@ -183,4 +184,5 @@ def backfill(
         plan.clear_checkpoints(settings.compute.checkpoint_dir or "")
     click.echo(f"backfill {status.lower()}: " + _line(progress.values, total, started), err=True)
     if status == "FAILED":
+        click.echo(f"backfill failed: {cause or 'see the Flink log'}", err=True)
         raise SystemExit(1)

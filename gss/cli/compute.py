@@ -160,10 +160,13 @@ def compute_run(
         signals.signal(signum, lambda *_: stop.set())
     try:
         status = job.wait(stop, duration)
-        click.echo(f"compute job {status.lower()}", err=True)
+        cause = job.failure() if status == "FAILED" else None
+        click.echo(f"compute job {status.lower()}" + (f": {cause}" if cause else ""), err=True)
     finally:
         job.stop()
         gateway.shutdown()
+    if status == "FAILED":
+        raise SystemExit(1)
 
 
 def history_options(

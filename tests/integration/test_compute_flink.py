@@ -149,6 +149,21 @@ def metric(runner: Runner, ref: str, name: str) -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
+def bad_inputs(runner: Runner, topic: str, partition: int) -> float:
+    """``bad_inputs_total`` of every plugin for one topic and partition, from Flink's reporter."""
+    port = runner.metrics_port  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    topic_label = re.sub(r"[^a-zA-Z0-9]", "_", topic)
+    pattern = re.compile(
+        r"^\S*_gss_signal_topic_partition_bad_inputs_total\{([^}]*)\} (\S+)$", re.M
+    )
+    return sum(
+        float(value)
+        for labels, value in pattern.findall(text)
+        if f'topic="{topic_label}"' in labels and f'partition="{partition}"' in labels
+    )
+
+
 def test_image_examples_write_the_values_their_functions_compute(runner: Runner) -> None:
     """dominant_colors and dhash values on the changelog equal the functions applied directly;
     a new image with no earlier near duplicate is its own canonical."""
@@ -346,6 +361,13 @@ def test_undecodable_content_is_dead_lettered_per_plugin(runner: Runner) -> None
     )
     letters = [d for d in runner.dead_letters() if d.input == garbage]
     assert sorted(d.signal.name for d in letters) == ["dhash", "dominant_colors"]
+    if isinstance(runner, HarnessRunner):
+        assert metric(runner, "images/dhash@1", "bad_inputs_total") >= 1
+    else:
+        # Counted by topic and partition (and plugin); the letter names the same partition.
+        (partition,) = {d.input_partition for d in letters}
+        assert all(d.input_key == b"junk" for d in letters)
+        assert bad_inputs(runner, "content.images", partition) >= 2
     event = ContentGenerator(seed=303).next_image(T0)[2]
     runner.send("content.images", [event], key=image_key)
     runner.wait_latest("images", event.image_signature, "dhash@1")  # type: ignore[attr-defined]
@@ -392,7 +414,10 @@ def test_ingester_and_compute_dead_letters_share_one_topic_and_format(
     assert {(d.reason, d.input_topic, d.galaxy) for d in computed} == {
         (Reason.BAD_INPUT, "content.images", "images")
     }
-    assert all(not d.HasField("input_offset") for d in computed)  # PyFlink gives values only
+    # Compute names where it read the input: partition, offset, key and Kafka timestamp.
+    assert len({(d.input_partition, d.input_offset) for d in computed}) == 1
+    assert all(d.HasField("input_offset") and d.input_key == b"junk-2" for d in computed)
+    assert all(d.input_timestamp.seconds > 0 for d in computed)
     ((key, ingested),) = [(k, d) for k, d in letters() if d.producer == deadletter.INGESTER]
     assert (ingested.reason, ingested.error_type) == (Reason.UNKNOWN_SIGNAL, "NotFoundError")
     assert "no_such_signal" in ingested.error

@@ -2,10 +2,13 @@
 whose ingester applies the changelog, and Flink MiniCluster jobs.
 
 Image and pin events are archived; ``images/dhash@1`` (a map) and ``pins/save_count_1h@1``
-(a one-hour window) are backfilled over them through the changelog into the store. Every
-backfilled record, stored value and availability event is marked ``backfill``; a second
-backfill writes no value and announces nothing; a live job over the same events produces the
-same facts (value bytes and event times), which the store then skips as repeats.
+(a one-hour window over two partitions) are backfilled over them through the changelog into
+the store. Every backfilled record, stored value and availability event is marked
+``backfill``; a second backfill writes no value and announces nothing; a live job over the
+same events produces the same facts (value bytes and event times), which the store then skips
+as repeats. Then the images changelog is archived and ``images/near_duplicate_of@1`` (a Match
+join of dhash values) is backfilled over it: twice, the second announcing nothing, and its
+values equal those a live job computes from the same changelog.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from conftest import server_settings
 from kafka_support import kafka_overrides
 
 from compute.examples.images.dhash import dhash
+from compute.examples.images.near_duplicate_of import near_duplicate_of
 from compute.examples.pins.save_count_1h import save_count_1h
 from compute.flink import backfill as plan
 from compute.flink import gateway
@@ -190,7 +194,7 @@ def test_backfill_marks_is_idempotent_and_equals_live(tmp_path: Path) -> None:
             parts = {g: registry.galaxy(g).partitions for g in ("images", "pins")}
 
             producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-            generator = ContentGenerator(seed=5, duplicate_fraction=0.0)
+            generator = ContentGenerator(seed=5, duplicate_fraction=0.4)
             since_ms = int(time.time() * 1000) - 600_000
             last: dict[tuple[str, int], int] = {}
 
@@ -210,11 +214,9 @@ def test_backfill_marks_is_idempotent_and_equals_live(tmp_path: Path) -> None:
                 )
             for i in range(N_PINS):
                 topic, key, event = generator.next_pin(T0 + timedelta(minutes=3 * i))
-                # One partition: a window over several partitions read from history is not
-                # deterministic (docs/history.md, "Backfill": limits).
                 producer.produce(
                     topic,
-                    partition=0,
+                    partition=i % 2,
                     key=key,
                     value=event.SerializeToString(),
                     timestamp=since_ms + i * 100,
@@ -320,9 +322,15 @@ def test_backfill_marks_is_idempotent_and_equals_live(tmp_path: Path) -> None:
             for galaxy in ("images", "pins"):
                 assert _stored(server, galaxy) == first[galaxy]
                 assert _read(bootstrap, available[galaxy], parts[galaxy]) == events_1[galaxy]
+
+            # 4. A join: near_duplicate_of reads dhash values from the archived changelog.
+            join_facts = _join_backfill_equals_live(
+                tmp_path, settings, server, changelogs["images"], available["images"], since_ms
+            )
         finally:
             server.stop(grace=0.5)
             gateway.shutdown()
+        assert join_facts
 
     live_records = [r for r in got if r.envelope.producer == "flink:gss-live-backfill-test"]
     assert not any(r.envelope.backfill for r in live_records)
@@ -337,6 +345,114 @@ def test_backfill_marks_is_idempotent_and_equals_live(tmp_path: Path) -> None:
     assert counts_live
     assert counts_live <= backfilled - dhash_of(backfilled)
     assert time.monotonic() - started < 180
+
+
+def _latest_by_entity(records: list[SignalRecord]) -> dict[str, tuple[int, bytes]]:
+    """What GSS serves of these records: per entity the newest by event time, then order."""
+    best: dict[str, tuple[int, int, bytes]] = {}
+    for n, r in enumerate(records):
+        order = (r.envelope.event_time.ToMilliseconds(), n, r.value.value)
+        best[r.entity_id] = max(best.get(r.entity_id, order), order)
+    return {entity: (ms, value) for entity, (ms, _, value) in best.items()}
+
+
+def _join_backfill_equals_live(
+    tmp: Path,
+    settings: Settings,
+    server: GssServer,
+    changelog: str,
+    available: str,
+    since_ms: int,
+) -> dict[str, tuple[int, bytes]]:
+    """Archive the images changelog, backfill near_duplicate_of@1 over it twice, run it live
+    over the same changelog; the values each run leaves served per entity are equal. (The
+    job's records carry their input's Kafka timestamp: the dhash values are as old as their
+    images.)"""
+    bootstrap = settings.kafka.bootstrap_servers or ""
+    parts = server.registry.galaxy("images").partitions
+    storage = open_storage(settings.archive)
+    archived = _last_offsets(bootstrap, changelog, parts)
+    archiver = Archiver(settings.archive, settings.kafka, [changelog], storage)
+    thread = threading.Thread(target=archiver.run, kwargs={"duration_seconds": 60}, daemon=True)
+    thread.start()
+    try:
+        assert wait_archived(storage, archived, timeout=30), "the archiver lagged"
+    finally:
+        archiver.stop()
+        thread.join(20)
+
+    def joined(producer: str) -> list[SignalRecord]:
+        return [
+            r
+            for r in (SignalRecord.FromString(v) for v in _read_all(bootstrap, changelog, parts))
+            if r.signal.name == "near_duplicate_of" and r.envelope.producer == producer
+        ]
+
+    backfill_producer = "flink:gss-backfill-images-near_duplicate_of-v1"
+    _backfill(settings, near_duplicate_of, since_ms)
+    _settle(server, {})
+    backfilled = _latest_by_entity(joined(backfill_producer))
+    stored, events = _stored(server, "images"), _read(bootstrap, available, parts)
+    assert all(r.envelope.backfill for r in joined(backfill_producer))
+    # Again: the same values reach the changelog; the store and the events stay as they were.
+    _backfill(settings, near_duplicate_of, since_ms)
+    time.sleep(2.0)
+    _settle(server, {})
+    assert _latest_by_entity(joined(backfill_producer)) == backfilled
+    assert _stored(server, "images") == stored
+    assert _read(bootstrap, available, parts) == events
+
+    live = settings.model_copy(
+        update={
+            "compute": settings.compute.model_copy(
+                update={
+                    "job_name": "gss-live-join-test",
+                    "checkpoint_dir": (tmp / "live-join").as_uri(),
+                    "start_from": "earliest",
+                }
+            )
+        }
+    )
+    with ComputeJob(live, [near_duplicate_of], registry=server.registry, create_topics=False):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _latest_by_entity(joined("flink:gss-live-join-test")) == backfilled:
+                break
+            time.sleep(1.0)
+    assert _latest_by_entity(joined("flink:gss-live-join-test")) == backfilled
+    # Real matches among them: the generator's near duplicates found their originals.
+    from contract.v1.signals_pb2 import NearDuplicate
+
+    canonical = {
+        e: NearDuplicate.FromString(v).canonical_entity_id for e, (_, v) in backfilled.items()
+    }
+    assert any(c != e for e, c in canonical.items()), canonical
+    return backfilled
+
+
+def _last_offsets(bootstrap: str, topic: str, partitions: int) -> dict[tuple[str, int], int]:
+    """The last offset read of each non-empty partition (read, not asked: the local broker
+    misreports high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "backfill-test", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    last: dict[tuple[str, int], int] = {}
+    try:
+        idle = 0
+        while idle < 4:
+            msgs = consumer.consume(500, 0.2)
+            idle = 0 if msgs else idle + 1
+            for m in msgs:
+                if not m.error():
+                    last[(topic, m.partition())] = max(
+                        last.get((topic, m.partition()), -1), m.offset()
+                    )
+    finally:
+        consumer.close()
+    return last
 
 
 def test_a_killed_backfill_resumes_from_its_checkpoint(tmp_path: Path) -> None:

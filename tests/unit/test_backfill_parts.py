@@ -14,8 +14,8 @@ from helpers import dhash_record
 
 from compute.flink import backfill as plan
 from compute.flink import gateway
-from compute.flink.history import _Keep
 from compute.flink.job import flink_configuration, latest_checkpoint
+from compute.flink.operators import KeepFrom
 from contract.registry import Registry
 from contract.settings import KafkaSettings, load_settings
 from contract.v1 import events_pb2
@@ -72,7 +72,7 @@ def test_backfill_job_settings(tmp_path: Path) -> None:
 
 
 def test_until_drops_records_from_then_on() -> None:
-    keep = _Keep(1_000, {}, 2_000)
+    keep = KeepFrom(1_000, {}, 2_000)
     row = [0, 5, 0, b"k", b"v"]
     assert [keep([*row[:2], ts, *row[3:]]) for ts in (999, 1_000, 1_999, 2_000)] == [
         False,

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import pytest
 
-from compute.flink.history import _Keep, plan_topic
+from compute.flink.history import TopicPlan, manifest_groups, plan_topic
+from compute.flink.operators import KeepFrom
 from contract.archive import archive_root, archived_partitions, partition_history
 from contract.settings import ArchiveSettings
 from gss.archive.archiver import write_batch
@@ -93,8 +94,26 @@ def test_plan_continues_in_kafka_after_the_last_archived_offset(tmp_path: Path) 
     assert later.manifests == {}  # no file holds a record at or after T
 
 
+def test_manifests_deal_partitions_into_one_group_per_reader(tmp_path: Path) -> None:
+    """A manifest line per batch, ``partition<TAB>files``; partitions dealt round-robin into
+    at most ``splits`` groups, each partition's batches kept together and in order."""
+    plan = TopicPlan(
+        "t",
+        manifests={
+            0: [["a0"], ["b0", "c0"]],
+            1: [["a1"]],
+            2: [["a2"], ["b2"]],
+        },
+    )
+    assert manifest_groups(plan, 1) == ["0\ta0\n0\tb0\tc0\n1\ta1\n2\ta2\n2\tb2\n"]
+    assert manifest_groups(plan, 2) == ["0\ta0\n0\tb0\tc0\n2\ta2\n2\tb2\n", "1\ta1\n"]
+    # Never more groups than partitions (an empty split would end its reader at once).
+    assert len(manifest_groups(plan, 8)) == 3
+    assert manifest_groups(TopicPlan("t"), 4) == []
+
+
 def test_keep_drops_records_before_the_start_and_tombstones() -> None:
-    keep = _Keep(T0, {0: 5})
+    keep = KeepFrom(T0, {0: 5})
     assert keep((0, 5, T0, b"k", b"v"))
     assert not keep((0, 4, T0, b"k", b"v"))  # before the partition's start offset
     assert not keep((1, 0, T0 - 1, b"k", b"v"))  # before the start time
