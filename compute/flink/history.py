@@ -77,11 +77,17 @@ def plan_topic(
     from_timestamp_ms: int | None,
     from_offsets: dict[int, int],
     kafka_start: dict[int, int],
+    topic_id: str | None = None,
 ) -> TopicPlan:
     """The plan for ``topic``: archived partitions read their committed files (from the first
     one that can hold a record at or after the start), then Kafka from their last archived
     offset + 1 (or later: ``kafka_start``, the first offset Kafka has at/after the start);
-    partitions without an archive start in Kafka at ``kafka_start``."""
+    partitions without an archive start in Kafka at ``kafka_start``.
+
+    InvalidArgumentError if the archive was written from another incarnation of the topic
+    than the broker's (``topic_id``): a topic deleted and created again starts its offsets
+    over, so the archive's end says nothing about where Kafka continues.
+    """
     plan = TopicPlan(topic, from_timestamp_ms=from_timestamp_ms, from_offsets=dict(from_offsets))
     archived = set(archived_partitions(root, topic))
     for p in sorted(set(partitions) | archived):
@@ -92,6 +98,14 @@ def plan_topic(
             if p in archived
             else None
         )
+        if history is not None and topic_id and history.topic_id and history.topic_id != topic_id:
+            raise InvalidArgumentError(
+                f"the archive of {topic} (partition {p}) was written from topic id "
+                f"{history.topic_id}, but {topic} is now topic id {topic_id}: it was deleted "
+                f"and created again, so its offsets do not continue the archive. Move "
+                f"{root.uri_of(topic)} aside (or use another archive.root) to read the new "
+                "topic from Kafka alone"
+            )
         start = kafka_start.get(p, 0)
         if history is not None:
             if history.batches:
@@ -99,6 +113,17 @@ def plan_topic(
             start = max(start, history.last_offset + 1)
         plan.kafka_offsets[p] = start
     return plan
+
+
+def current_topic_id(settings: Settings, topic: str) -> str | None:
+    """The broker's id of ``topic`` now (None if the broker does not say)."""
+    from confluent_kafka.admin import AdminClient
+
+    from contract.kafka import admin_config
+    from contract.topics import topic_ids
+
+    admin = AdminClient(admin_config(settings.kafka, f"{settings.compute.job_name}-history"))
+    return topic_ids(admin, [topic], timeout_seconds=30).get(topic)
 
 
 def kafka_start_offsets(
@@ -249,6 +274,7 @@ def history_stream(
         from_timestamp_ms=from_ts,
         from_offsets=from_offsets,
         kafka_start=kafka_start,
+        topic_id=current_topic_id(settings, topic),
     )
     kafka_builder = kafka_builder.set_starting_offsets(_offsets(topic, plan.kafka_offsets))
     kafka_builder._j_builder.setDeserializer(java_class("gss.flink.KafkaRowDeserializer")())

@@ -12,6 +12,7 @@ import pytest
 from compute.flink.history import TopicPlan, manifest_groups, plan_topic
 from compute.flink.operators import KeepFrom
 from contract.archive import archive_root, archived_partitions, partition_history
+from contract.errors import InvalidArgumentError
 from contract.settings import ArchiveSettings
 from gss.archive.archiver import write_batch
 from gss.archive.layout import ArchivedRecord
@@ -92,6 +93,20 @@ def test_plan_continues_in_kafka_after_the_last_archived_offset(tmp_path: Path) 
     )
     assert later.kafka_offsets == {0: 20, 1: 3}
     assert later.manifests == {}  # no file holds a record at or after T
+
+
+def test_an_archive_of_a_recreated_topic_is_refused(tmp_path: Path) -> None:
+    """The archive was written from topic id "id"; the broker's topic now has another id
+    (deleted and created again): the plan says so instead of continuing at stale offsets."""
+    root = archive_root(ArchiveSettings(root=str(archive(tmp_path))))
+    same = plan_topic(
+        root, "t", [0, 1], from_timestamp_ms=None, from_offsets={}, kafka_start={}, topic_id="id"
+    )
+    assert same.kafka_offsets == {0: 15, 1: 3}
+    with pytest.raises(InvalidArgumentError, match=r"topic id id, but t is now topic id new"):
+        plan_topic(
+            root, "t", [0], from_timestamp_ms=None, from_offsets={}, kafka_start={}, topic_id="new"
+        )
 
 
 def test_manifests_deal_partitions_into_one_group_per_reader(tmp_path: Path) -> None:
