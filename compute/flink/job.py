@@ -218,19 +218,18 @@ def kafka_source(settings: Settings, topic: str) -> KafkaSource:
 def content_source(
     env: StreamExecutionEnvironment, settings: Settings, topic: str, topics: int
 ) -> DataStream:
-    """A topic's records as input rows (operators.input_row_type), tombstones dropped: live
-    from Kafka, or (``compute.history_from`` / ``history_positions``) the archive then Kafka,
-    through one HybridSource (compute/flink/history.py)."""
+    """A topic's records as input rows (operators.input_row_type; tombstones are dropped by
+    the deserializer): live from Kafka, or (``compute.history_from`` / ``history_positions``)
+    the archive then Kafka, through one HybridSource (compute/flink/history.py)."""
     connectors = ensure_connectors(settings.compute.jars_dir).resolve().as_uri()
     add_jars_to_context_class_loader([connectors])
     if not settings.compute.reads_history:
-        rows = env.from_source(
+        return env.from_source(
             kafka_source(settings, topic),
             WatermarkStrategy.no_watermarks(),
             f"source {topic}",
             ops.input_row_type(),
         ).uid(_uid("source", topic))
-        return rows.filter(ops.KeepFrom()).name(f"values of {topic}")
     return history.history_stream(
         env,
         settings,

@@ -67,8 +67,9 @@ def read_input(topic: str, row: Any) -> tuple[bytes, execution.Position]:
 
 
 class KeepFrom:
-    """The job's first Python step: drops tombstones (no value), and for a run from history
-    the records before its start (a timestamp, or per-partition offsets) and from its end."""
+    """The first Python step of a run from history: drops the records before its start (a
+    timestamp, or per-partition offsets) and from its end, and tombstones (no value: an
+    archived one; the Kafka deserializer drops them already)."""
 
     def __init__(
         self,

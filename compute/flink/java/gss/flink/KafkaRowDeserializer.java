@@ -12,7 +12,11 @@ import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 
-/** A Kafka record as Row(partition INT, offset BIGINT, timestamp_ms BIGINT, key BYTES, value BYTES). */
+/**
+ * A Kafka record as Row(partition INT, offset BIGINT, timestamp_ms BIGINT, key BYTES, value BYTES).
+ * A tombstone (no value) yields nothing: there is nothing to compute from it, and dropping it
+ * here spares the job a Python step.
+ */
 public class KafkaRowDeserializer implements KafkaRecordDeserializationSchema<Row> {
     private static final long serialVersionUID = 1L;
 
@@ -24,7 +28,7 @@ public class KafkaRowDeserializer implements KafkaRecordDeserializationSchema<Ro
 
     @Override
     public void deserialize(ConsumerRecord<byte[], byte[]> r, Collector<Row> out) {
-        out.collect(Row.of(r.partition(), r.offset(), r.timestamp(), r.key(), r.value()));
+        if (r.value() != null) out.collect(Row.of(r.partition(), r.offset(), r.timestamp(), r.key(), r.value()));
     }
 
     @Override
