@@ -1,7 +1,7 @@
 """A GetSignals load generator, run as its own process by bench/lookup.py.
 
     python -m bench.loadgen --target 127.0.0.1:50051 --keys 100 --concurrency 64 --seconds 8 \
-        --entities 1000000 [--rate 1000]
+        --entities 1000000 [--rate 1000] [--ca-file CA.pem --token JWT]
 
 Closed loop (``--concurrency`` calls in flight) or open loop (``--rate`` calls/s). Requests
 are serialized up front and responses kept as bytes, so the generator spends its CPU on
@@ -49,9 +49,21 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     requests = make_requests(args.galaxy, args.signal, args.entities, args.keys, 2000, args.seed)
     latencies: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    if args.ca_file:
+        # TLS (bench/security.py): the server's CA, and the name its certificate carries.
+        with open(args.ca_file, "rb") as ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca.read())
+        channel_cm = grpc.aio.secure_channel(
+            args.target,
+            credentials,
+            options=[("grpc.ssl_target_name_override", args.server_name)],
+        )
+    else:
+        channel_cm = grpc.aio.insecure_channel(args.target)
+    async with channel_cm as channel:
         call = channel.unary_unary(METHOD)  # bytes in, bytes out
-        await call(requests[0], timeout=10)
+        await call(requests[0], timeout=10, metadata=metadata)
         start = time.perf_counter()
         end = start + args.seconds
 
@@ -59,7 +71,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             nonlocal errors
             t0 = time.perf_counter()
             try:
-                await call(requests[i % len(requests)], timeout=10)
+                await call(requests[i % len(requests)], timeout=10, metadata=metadata)
             except grpc.aio.AioRpcError:
                 errors += 1
                 return
@@ -78,7 +90,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                     if (delay := due - time.perf_counter()) > 0:
                         await asyncio.sleep(delay)
                     try:
-                        await call(requests[(w + n * args.concurrency) % len(requests)], timeout=10)
+                        await call(
+                            requests[(w + n * args.concurrency) % len(requests)],
+                            timeout=10,
+                            metadata=metadata,
+                        )
                     except grpc.aio.AioRpcError:
                         errors += 1
                     else:
@@ -119,6 +135,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ca-file", default=None, help="TLS: the CA of the server's certificate")
+    parser.add_argument("--server-name", default="localhost")
+    parser.add_argument("--token", default=None, help="a bearer token sent with every call")
     json.dump(asyncio.run(run(parser.parse_args())), sys.stdout)
 
 

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,13 @@ def raw_multiget(store: SignalStore, count: int, keys: int, seconds: float) -> f
 
 
 def loadgen(
-    target: str, count: int, keys: int, seconds: float, *, rate: float = 0.0
+    target: str,
+    count: int,
+    keys: int,
+    seconds: float,
+    *,
+    rate: float = 0.0,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
     cmd = [
         sys.executable,
@@ -94,10 +101,45 @@ def loadgen(
     ]
     if rate:
         cmd += ["--rate", f"{rate:.1f}"]
+    cmd += extra
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 120
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def serve(data: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """A ``gss serve`` process over the store at ``data`` (settings ``env`` added); returns
+    the process and its address. The caller terminates it."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gss", "serve", "--port", "0", "--data", str(data)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={
+            **os.environ,
+            "GSS_REGISTRY_PATH": str(REGISTRY),
+            "GSS_LOG_LEVEL": "WARNING",
+            "GSS_SERVER__METRICS_PORT": "-1",
+            **(env or {}),
+        },
+        cwd=ROOT,
+    )
+    assert server.stderr is not None
+    target = None
+    deadline = time.monotonic() + 60
+    while target is None and time.monotonic() < deadline:
+        line = server.stderr.readline()
+        if match := re.search(r"GSS serving on (\S+)", line):
+            target = match[1]
+        elif not line and server.poll() is not None:
+            raise RuntimeError("gss serve exited before serving")
+    if target is None:
+        server.kill()
+        raise RuntimeError("gss serve did not report its address")
+    # Keep the pipe drained so the server never blocks on a full stderr.
+    threading.Thread(target=server.stderr.read, daemon=True).start()
+    return server, target
 
 
 def run(report_dir: Path) -> dict[str, Any]:
@@ -111,31 +153,8 @@ def run(report_dir: Path) -> dict[str, Any]:
         record_bytes = load(store, count)
         load_seconds = time.perf_counter() - t0
         raw = raw_multiget(store, count, 100, seconds)
-    env = {
-        **os.environ,
-        "GSS_REGISTRY_PATH": str(REGISTRY),
-        "GSS_LOG_LEVEL": "WARNING",
-        "GSS_SERVER__METRICS_PORT": "-1",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gss", "serve", "--port", "0", "--data", str(data)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    server, target = serve(data)
     try:
-        assert server.stderr is not None
-        target = None
-        deadline = time.monotonic() + 60
-        while target is None and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            if match := re.search(r"GSS serving on (\S+)", line):
-                target = match[1]
-            elif not line and server.poll() is not None:
-                raise RuntimeError("gss serve exited before serving")
-        assert target, "gss serve did not report its address"
         peak_100 = loadgen(target, count, 100, seconds)
         half_100 = loadgen(target, count, 100, seconds, rate=peak_100["calls_per_s"] / 2)
         peak_1 = loadgen(target, count, 1, seconds)

@@ -10,6 +10,9 @@
 - Large lookups are split into calls of at most ``max_cells_per_call`` cells (sent
   concurrently by the asyncio client); large writes into batches of ``max_records_per_call``
   (each batch is all-or-nothing on its own).
+- Security (docs/security.md): ``tls`` (a ``TlsSettings``: the CA to trust, and a client
+  certificate for mutual TLS) and ``token`` (a bearer token, sent only over TLS);
+  ``GssClient.from_settings(settings.client)`` takes both from the settings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, cast
 
@@ -27,6 +31,7 @@ import grpc.aio
 from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
 
+from contract.settings import ClientSettings, TlsSettings
 from contract.v1 import envelope_pb2, signal_service_pb2, signals_pb2  # noqa: F401 - registers value types
 from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 
@@ -55,6 +60,62 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
+    """TLS credentials of a client: trust ``ca_file`` (else the system's roots) and present
+    ``cert_file``/``key_file`` when both are set (mutual TLS)."""
+    cert, key, ca = tls.files()
+    if (cert is None) != (key is None):
+        raise ValueError("client TLS needs both cert_file and key_file for mutual TLS, or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
+
+
+def _options(tls: TlsSettings | None) -> list[tuple[str, object]]:
+    if tls is not None and tls.server_name:
+        return [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", tls.server_name)]
+    return list(CHANNEL_OPTIONS)
+
+
+def open_channel(target: str, tls: TlsSettings | None = None) -> grpc.Channel:
+    """A blocking channel to ``target``: TLS when ``tls`` is enabled, plaintext otherwise."""
+    if tls is not None and tls.enabled:
+        return grpc.secure_channel(target, channel_credentials(tls), options=_options(tls))
+    return grpc.insecure_channel(target, options=_options(None))
+
+
+def open_aio_channel(target: str, tls: TlsSettings | None = None) -> grpc.aio.Channel:
+    """The asyncio form of :func:`open_channel`."""
+    if tls is not None and tls.enabled:
+        return grpc.aio.secure_channel(target, channel_credentials(tls), options=_options(tls))
+    return grpc.aio.insecure_channel(target, options=_options(None))
+
+
+def auth_metadata(token: str | None, tls: TlsSettings | None) -> Metadata:
+    """The call metadata carrying ``token``; refuses to send a token in clear."""
+    if not token:
+        return ()
+    if tls is None or not tls.enabled:
+        raise ValueError("a bearer token is sent only over TLS: configure tls for the client")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def settings_token(settings: ClientSettings) -> str | None:
+    """The client's token: ``token``, else the contents of ``token_file``."""
+    if settings.token:
+        return settings.token
+    if settings.token_file is not None:
+        return settings.token_file.read_text().strip() or None
+    return None
+
 
 STATUS_NAMES = {
     signal_service_pb2.CELL_STATUS_FOUND: "found",
@@ -144,6 +205,28 @@ def make_record(
     return record
 
 
+def make_tombstone(
+    galaxy: str,
+    entity_id: EntityId,
+    signal: str,
+    *,
+    event_time: datetime | None = None,
+    producer: str = "python-client",
+) -> envelope_pb2.SignalRecord:
+    """A delete for PutSignals (needs the galaxy's write permission): the value of
+    ``signal`` (``"dhash@1"``) stops being readable if the tombstone is newer than it, by
+    ``event_time`` (default now), like any write."""
+    ref = parse_signal_ref(signal)
+    if ref.version == 0:
+        raise ValueError(f"deletes must name a version: {signal!r} -> e.g. {signal}@1")
+    record = envelope_pb2.SignalRecord(
+        galaxy=galaxy, entity_id=entity_text(entity_id), signal=ref, tombstone=True
+    )
+    record.envelope.event_time.FromDatetime(event_time or datetime.now(UTC))
+    record.envelope.producer = producer
+    return record
+
+
 def _chunks(ids: list[str], signals: Sequence[str], max_cells: int) -> list[list[str]]:
     per_call = max(1, max_cells // max(1, len(signals)))
     return [ids[i : i + per_call] for i in range(0, len(ids), per_call)] or [[]]
@@ -190,8 +273,11 @@ class GssClient:
         max_cells_per_call: int = 10_000,
         max_records_per_call: int = 5_000,
         channel: grpc.Channel | None = None,
+        tls: TlsSettings | None = None,
+        token: str | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._metadata = auth_metadata(token, tls)
+        self._channel = channel or open_channel(target, tls)
         self._stub = SignalServiceStub(self._channel)
         self.timeout = timeout
         self.max_cells_per_call = max_cells_per_call
@@ -211,7 +297,9 @@ class GssClient:
         rows: list[EntityResult] = []
         for chunk in _chunks(ids, signals, self.max_cells_per_call):
             response = self._stub.GetSignals(
-                _request(galaxy, chunk, refs), timeout=timeout or self.timeout
+                _request(galaxy, chunk, refs),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
             )
             rows.extend(_rows(chunk, signals, response))
         return rows
@@ -227,21 +315,44 @@ class GssClient:
         outcomes: list[int] = []
         for request in _put_requests(records, self.max_records_per_call, wait_readable):
             outcomes.extend(
-                self._stub.PutSignals(request, timeout=timeout or self.timeout).outcomes
+                self._stub.PutSignals(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                ).outcomes
             )
         return outcomes
 
     def galaxies(self) -> list[signal_service_pb2.Galaxy]:
         return list(
             self._stub.ListGalaxies(
-                signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout
+                signal_service_pb2.ListGalaxiesRequest(),
+                timeout=self.timeout,
+                metadata=self._metadata,
             ).galaxies
         )
 
     def describe(self, galaxy: str) -> signal_service_pb2.Galaxy:
         return self._stub.DescribeGalaxy(
-            signal_service_pb2.DescribeGalaxyRequest(galaxy=galaxy), timeout=self.timeout
+            signal_service_pb2.DescribeGalaxyRequest(galaxy=galaxy),
+            timeout=self.timeout,
+            metadata=self._metadata,
         )
+
+    def watch(
+        self, request: signal_service_pb2.WatchSignalsRequest
+    ) -> grpc._CallIterator[signal_service_pb2.WatchSignalsResponse]:
+        """WatchSignals: a stream of availability events (no deadline; ``cancel()`` it)."""
+        return self._stub.WatchSignals(request, metadata=self._metadata)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ClientSettings, target: str | None = None, *, timeout: float = 5.0
+    ) -> GssClient:
+        """A client for ``target`` (else ``settings.target``) with the TLS and token of
+        ``settings`` (``Settings.client``)."""
+        address = target or settings.target
+        if not address:
+            raise ValueError("no target: pass one or set client.target (GSS_CLIENT__TARGET)")
+        return cls(address, tls=settings.tls, token=settings_token(settings), timeout=timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -263,8 +374,11 @@ class AsyncGssClient:
         timeout: float = 5.0,
         max_cells_per_call: int = 10_000,
         max_records_per_call: int = 5_000,
+        tls: TlsSettings | None = None,
+        token: str | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._metadata = auth_metadata(token, tls)
+        self._channel = open_aio_channel(target, tls)
         self._stub = cast("SignalServiceAsyncStub", SignalServiceStub(self._channel))
         self.timeout = timeout
         self.max_cells_per_call = max_cells_per_call
@@ -284,7 +398,9 @@ class AsyncGssClient:
         responses = await asyncio.gather(
             *(
                 self._stub.GetSignals(
-                    _request(galaxy, chunk, refs), timeout=timeout or self.timeout
+                    _request(galaxy, chunk, refs),
+                    timeout=timeout or self.timeout,
+                    metadata=self._metadata,
                 )
                 for chunk in chunks
             )
@@ -304,13 +420,15 @@ class AsyncGssClient:
     ) -> list[int]:
         outcomes: list[int] = []
         for request in _put_requests(records, self.max_records_per_call, wait_readable):
-            response = await self._stub.PutSignals(request, timeout=timeout or self.timeout)
+            response = await self._stub.PutSignals(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
             outcomes.extend(response.outcomes)
         return outcomes
 
     async def galaxies(self) -> list[signal_service_pb2.Galaxy]:
         response = await self._stub.ListGalaxies(
-            signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout
+            signal_service_pb2.ListGalaxiesRequest(), timeout=self.timeout, metadata=self._metadata
         )
         return list(response.galaxies)
 

@@ -28,7 +28,8 @@ from google.protobuf.message import Message as ProtoMessage
 
 from clients.lookup import GssClient, SignalValue, decode_value, parse_signal_ref
 from contract import headers
-from contract.kafka import consume_available
+from contract.kafka import consume_available, security_config
+from contract.settings import KafkaSettings
 from contract.topics import AVAILABLE_TOPIC, galaxy_topic
 from contract.v1 import events_pb2
 
@@ -53,6 +54,11 @@ class Event:
     def signal(self) -> str:
         """``name@version``."""
         return f"{self.event.signal.name}@{self.event.signal.version}"
+
+    @property
+    def deleted(self) -> bool:
+        """True if the event announces a deletion: the value is gone (GetSignals: NOT_FOUND)."""
+        return self.event.deleted
 
     @property
     def value(self) -> ProtoMessage | None:
@@ -109,6 +115,31 @@ class Subscriber:
             }
         )
         self._consumer.subscribe([self.topic])
+
+    @classmethod
+    def from_settings(
+        cls,
+        kafka: KafkaSettings,
+        galaxy: str,
+        group_id: str,
+        *,
+        signals: Iterable[str] = (),
+        start: Literal["earliest", "latest"] = "earliest",
+        dedupe_window: int = 100_000,
+    ) -> Subscriber:
+        """A subscriber on the cluster of ``kafka``, with its TLS and SASL settings
+        (``kafka.security``, then ``kafka.client_config``) and its availability topic name:
+        the same settings shape every GSS Kafka client takes."""
+        return cls(
+            kafka.bootstrap_servers or "",
+            galaxy,
+            group_id,
+            signals=signals,
+            topic=kafka.topic(kafka.available_topic, galaxy),
+            config={**security_config(kafka), **kafka.client_config},
+            start=start,
+            dedupe_window=dedupe_window,
+        )
 
     def _accept(self, msg: Message) -> bool:
         if self._wanted is None:

@@ -1,7 +1,10 @@
 """Kafka clients as GSS uses them: the one place client options are chosen.
 
-Everything in ``KafkaSettings.client_config`` (security.protocol, sasl.*, ssl.*, ...) is passed
-through unchanged and wins over the defaults here, except the options the guarantees depend on
+``KafkaSettings.security`` (TLS and SASL) becomes librdkafka options here
+(:func:`security_config`) for every librdkafka client, and Java client properties
+(:func:`java_security_properties`) for the compute job's KafkaSource and KafkaSink.
+Everything in ``KafkaSettings.client_config`` is passed through unchanged and wins over the
+defaults here and over ``security``, except the options the guarantees depend on
 (idempotence, acks, and the murmur2 partitioner Java clients and Flink's KafkaSink use, so an
 entity's records land on one partition whoever produced them), which are forced: every
 producer of GSS — the changelog writer, the outbox publisher, the content generator — takes
@@ -23,6 +26,59 @@ if TYPE_CHECKING:
 LIBRDKAFKA_LOGGER = logging.getLogger("gss.kafka.librdkafka")
 
 
+_JAAS_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def security_config(kafka: KafkaSettings) -> dict[str, str]:
+    """librdkafka's options for ``kafka.security``: security.protocol, sasl.*, ssl.*."""
+    sec = kafka.security
+    config = {"security.protocol": sec.protocol.lower()}
+    if sec.sasl_mechanism is not None:
+        config["sasl.mechanism"] = sec.sasl_mechanism
+    if sec.sasl_username is not None:
+        config["sasl.username"] = sec.sasl_username
+    if sec.sasl_password is not None:
+        config["sasl.password"] = sec.sasl_password
+    if sec.ca_file is not None:
+        config["ssl.ca.location"] = str(sec.ca_file)
+    if sec.cert_file is not None:
+        config["ssl.certificate.location"] = str(sec.cert_file)
+    if sec.key_file is not None:
+        config["ssl.key.location"] = str(sec.key_file)
+    return config
+
+
+def java_security_properties(kafka: KafkaSettings) -> dict[str, str]:
+    """The same security as Java Kafka client properties (Flink's KafkaSource and KafkaSink):
+    SASL through a JAAS line, PEM trust and key stores (key and certificate read here, since
+    Java wants them inline when they are separate files)."""
+    sec = kafka.security
+    props: dict[str, str] = {"security.protocol": sec.protocol}
+    if sec.sasl_mechanism is not None:
+        props["sasl.mechanism"] = sec.sasl_mechanism
+        if sec.sasl_username is not None:
+
+            def quoted(text: str) -> str:
+                return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+            props["sasl.jaas.config"] = (
+                f"{_JAAS_MODULES[sec.sasl_mechanism]} required "
+                f"username={quoted(sec.sasl_username)} password={quoted(sec.sasl_password or '')};"
+            )
+    if sec.ca_file is not None:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = str(sec.ca_file)
+    if sec.cert_file is not None and sec.key_file is not None:
+        props["ssl.keystore.type"] = "PEM"
+        props["ssl.keystore.certificate.chain"] = sec.cert_file.read_text()
+        props["ssl.keystore.key"] = sec.key_file.read_text()
+    return props
+
+
 def _base(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
     if not kafka.bootstrap_servers:
         raise ValueError(
@@ -32,6 +88,7 @@ def _base(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "client.id": client_id,
         "logger": LIBRDKAFKA_LOGGER,
+        **security_config(kafka),
         **kafka.client_config,
     }
 

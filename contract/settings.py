@@ -38,6 +38,87 @@ class StoreSettings(BaseModel):
     block_cache_bytes: int = 512 * 1024 * 1024
 
 
+class TlsSettings(BaseModel):
+    """PEM files of one end of a TLS connection (docs/security.md).
+
+    On the server: its certificate chain and key, and the CA whose client certificates it
+    accepts (set: mutual TLS, every caller must present a certificate it signed). On a client:
+    the CA it trusts for the server (None: the system's roots), and its own certificate and key
+    for mutual TLS. ``directory`` names a folder holding ``tls.crt``, ``tls.key`` and ``ca.crt``
+    (a Kubernetes TLS Secret as cert-manager writes it), for whichever file is not set. The
+    server reads the files again when they change (rotation needs no restart).
+    """
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    directory: Path | None = None
+    # Client only: the name the server's certificate must carry, when it is not the target's
+    # host (e.g. connecting by IP address).
+    server_name: str | None = None
+
+    def files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """(certificate, key, CA), each from its field or else from ``directory`` if there."""
+
+        def pick(given: Path | None, name: str) -> Path | None:
+            if given is not None or self.directory is None:
+                return given
+            path = self.directory / name
+            return path if path.exists() else None
+
+        return (
+            pick(self.cert_file, "tls.crt"),
+            pick(self.key_file, "tls.key"),
+            pick(self.ca_file, "ca.crt"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """True if any field is set: TLS is then required (files that turn out missing are an
+        error, never a silent fall back to plaintext)."""
+        return any(
+            value is not None
+            for value in (
+                self.cert_file,
+                self.key_file,
+                self.ca_file,
+                self.directory,
+                self.server_name,
+            )
+        )
+
+
+class JwtSettings(BaseModel):
+    """Signed bearer tokens (JWT), verified with PyJWT (docs/security.md)."""
+
+    # A JWKS (JSON) or PEM public-key file; read again when it changes. None: no JWTs accepted.
+    keys_file: Path | None = None
+    # Required claims: a token must carry exactly this issuer and this audience.
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    # Clock skew allowed on exp, nbf and iat.
+    leeway_seconds: float = Field(default=30.0, ge=0)
+    # The claim holding the token's scopes: a space-separated string or a list.
+    scope_claim: str = "scope"
+
+
+class AuthSettings(BaseModel):
+    """Who may call the server and what each caller may do (docs/security.md)."""
+
+    # The policy: per-galaxy read / write / admin grants to identities and token scopes, and
+    # static tokens stored as SHA-256 hashes. None: no access control (every caller may do
+    # everything, as an anonymous caller).
+    policy_file: Path | None = None
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    # Callers with neither a client certificate nor a token. None: allowed without a policy
+    # file, refused with one. With a policy, anonymous callers get the grants to "anonymous".
+    allow_anonymous: bool | None = None
+    # Verified tokens remembered (until they expire), so a token is checked once, not per call.
+    token_cache_size: int = Field(default=10_000, ge=1)
+    token_cache_seconds: float = Field(default=300.0, gt=0)
+
+
 class ServerSettings(BaseModel):
     """The gRPC server."""
 
@@ -53,8 +134,40 @@ class ServerSettings(BaseModel):
     max_put_records: int = 10_000
     # Seconds SIGTERM waits for in-flight calls before closing the store.
     shutdown_grace_seconds: float = 10.0
+    # A PutSignals record whose event time is further ahead of the server's clock is refused:
+    # under newer-wins it would freeze its value against every later correction.
+    max_future_event_seconds: float = Field(default=300.0, ge=0)
+    # Calls one caller (identity, or peer address when anonymous) may have in flight; more are
+    # refused with RESOURCE_EXHAUSTED, so one client cannot starve the rest.
+    max_calls_per_caller: int = Field(default=256, ge=1)
+    # A plaintext port serving only grpc.health.v1, for Kubernetes' gRPC probes (which cannot
+    # speak TLS); None: health is served on the main port only. 0 picks a free port.
+    health_port: int | None = None
+    # TLS on the gRPC port (none set: plaintext) and access control.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     # Prometheus metrics over HTTP on the same host; 0 picks a free port, -1 turns it off.
     metrics_port: int = 9464
+
+
+class KafkaSecuritySettings(BaseModel):
+    """How every Kafka client of GSS authenticates and encrypts (docs/security.md, "Kafka").
+
+    contract/kafka.py turns this into librdkafka options (ingester, publisher, changelog
+    writer, watch, archiver, replay, subscriber) and Java client properties (the compute job's
+    KafkaSource and KafkaSink), so one setting reaches every client.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    # A secret: give it as a file in the secrets directory (kafka__security__sasl_password).
+    sasl_password: str | None = None
+    # PEM: the CA that signed the brokers' certificates (None: the system's roots), and this
+    # client's certificate and key when the brokers require mutual TLS.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 class KafkaSettings(BaseModel):
@@ -66,7 +179,10 @@ class KafkaSettings(BaseModel):
     available_topic: str = AVAILABLE_TOPIC
     # Dead letters of the ingester and the compute job alike (contract/deadletter.py).
     dlq_topic: str = DLQ_TOPIC
-    # Passed through to librdkafka as is: security.protocol, sasl.*, ssl.* and the like.
+    # TLS and SASL of every Kafka client GSS creates.
+    security: KafkaSecuritySettings = Field(default_factory=KafkaSecuritySettings)
+    # Passed through as is, over `security` (rarer options: ssl.endpoint.*, sasl.oauthbearer.*,
+    # ...), to librdkafka and to the compute job's Java clients (names both understand).
     client_config: dict[str, str] = Field(default_factory=dict)
     # Values at most this large ride inline in availability events (signals that allow it).
     inline_value_max_bytes: int = 4096
@@ -245,6 +361,18 @@ class ArchiveSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+class ClientSettings(BaseModel):
+    """How the CLI (and clients built with ``GssClient.from_settings``) reach a GSS server."""
+
+    # host:port; None: server.host:server.port.
+    target: str | None = None
+    # TLS towards the server (ca_file to trust; cert_file/key_file for mutual TLS).
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    # A bearer token (JWT or static), or a file holding one (read on every new client).
+    token: str | None = None
+    token_file: Path | None = None
+
+
 class Settings(BaseSettings):
     """Everything GSS reads at start-up. See the module docstring for precedence."""
 
@@ -266,6 +394,7 @@ class Settings(BaseSettings):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    client: ClientSettings = Field(default_factory=ClientSettings)
 
     @classmethod
     def settings_customise_sources(

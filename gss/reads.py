@@ -4,7 +4,8 @@ A stored record's tail is a serialized ``EntitySignals`` with one FOUND cell (se
 store/records.py). Protobuf concatenates repeated fields, so the row of an entity is the
 concatenation of its cells' tails, and the response is each row framed as field 1
 (``0x0a ‖ varint(length) ‖ row``). A lookup is then one multi-get, one slice per cell and
-one join: no value is decoded or re-encoded. Only expired cells take a slow path.
+one join: no value is decoded or re-encoded. Only expired cells take a slow path. A
+tombstone (a deleted value, first header byte 2) is answered like an absent value.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _NOT_FOUND = signal_service_pb2.EntitySignals(
     cells=[signal_service_pb2.SignalCell(status=signal_service_pb2.CELL_STATUS_NOT_FOUND)]
 ).SerializeToString()
 _HEADER = records.HEADER.size
+_TOMBSTONE = records.FORMAT_TOMBSTONE
 
 
 def _varint(n: int) -> bytes:
@@ -69,7 +71,7 @@ def lookup(
     entities = galaxy.codec.many_to_bytes(entity_ids)
     suffixes = [spec.key_suffix for spec in specs]
     values = store.get_many(galaxy.name, store_keys(entities, suffixes))
-    not_found = values.count(None)
+    not_found = 0
     expired = 0
     if any(spec.ttl for spec in specs):
         now = now_us()
@@ -80,15 +82,20 @@ def lookup(
         cells = []
         for i, stored in enumerate(values):
             cutoff = cutoffs[i % width]
-            if stored is None:
+            if stored is None or stored[0] == _TOMBSTONE:
                 cells.append(_NOT_FOUND)
+                not_found += 1
             elif cutoff is not None and records.event_time_us(stored) < cutoff:
                 cells.append(_expired(stored))
                 expired += 1
             else:
                 cells.append(stored[_HEADER:])
     else:
-        cells = [_NOT_FOUND if stored is None else stored[_HEADER:] for stored in values]
+        cells = [
+            _NOT_FOUND if stored is None or stored[0] == _TOMBSTONE else stored[_HEADER:]
+            for stored in values
+        ]
+        not_found = cells.count(_NOT_FOUND)
     width = len(specs)
     rows = (
         cells

@@ -35,6 +35,9 @@ from contract.errors import GssError
 from contract.registry import Registry, load_registry
 from contract.settings import Settings
 from gss import metrics
+from gss.auth.authenticator import Authenticator
+from gss.auth.interceptor import GuardInterceptor
+from gss.auth.tls import server_credentials
 from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
 from store.db import SignalStore
 
@@ -81,6 +84,9 @@ class GssServer:
     registry_path: Path | None = None
     _registry_state: tuple[int, int, int] | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The plaintext health-only port (server.health_port), when configured.
+    health_grpc_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     def reload_registry(self) -> bool:
         """Reload the registry file and adopt its lifecycle changes (pins, states, descriptions).
@@ -141,6 +147,8 @@ class GssServer:
     async def _shutdown(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        if self.health_grpc_server is not None:
+            await self.health_grpc_server.stop(0)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stopped (True) or the timeout passes (False)."""
@@ -163,11 +171,34 @@ class GssServer:
         signal.signal(signal.SIGHUP, reload)
 
 
-async def _build_grpc_server(
-    settings: Settings, service: SignalService
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+@dataclass
+class _Built:
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+
+
+async def _health_only_server(
+    host: str, port: int, servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    # Kubernetes' gRPC probes speak plaintext only: with TLS on the main port, they get a port
+    # of their own serving grpc.health.v1 and nothing else.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound
+
+
+async def _build_grpc_server(settings: Settings, service: SignalService) -> _Built:
     server_settings = settings.server
+    # Every call passes the one interceptor: decoding, authentication, permissions, per-caller
+    # concurrency, the deadline cap (gss.auth.interceptor).
+    guard = GuardInterceptor(server_settings, Authenticator(server_settings.auth))
     grpc_server = grpc.aio.server(
+        interceptors=[guard],
         options=[
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
@@ -182,12 +213,21 @@ async def _build_grpc_server(
     reflection.enable_server_reflection(
         (SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME), grpc_server
     )
-    port = grpc_server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
+    address = f"{server_settings.host}:{server_settings.port}"
+    if server_settings.tls.enabled:
+        port = grpc_server.add_secure_port(address, server_credentials(server_settings.tls))
+    else:
+        port = grpc_server.add_insecure_port(address)
     await grpc_server.start()
+    built = _Built(grpc_server, health_servicer, port)
+    if server_settings.health_port is not None:
+        built.health_server, built.health_port = await _health_only_server(
+            server_settings.host, server_settings.health_port, health_servicer
+        )
     # SERVING only now: the store is open and the registry loaded (Kubernetes grpc probes).
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return grpc_server, health_servicer, port
+    return built
 
 
 def open_store(settings: Settings, registry: Registry) -> SignalStore:
@@ -242,7 +282,7 @@ def start_server(
     thread = threading.Thread(target=loop.run_forever, name="gss-grpc", daemon=True)
     thread.start()
     try:
-        grpc_server, health_servicer, port = asyncio.run_coroutine_threadsafe(
+        built = asyncio.run_coroutine_threadsafe(
             _build_grpc_server(settings, service), loop
         ).result(timeout=STARTUP_TIMEOUT_SECONDS)
     except Exception as exc:
@@ -270,26 +310,38 @@ def start_server(
 
     log.info(
         "server_started",
-        address=f"{server_settings.host}:{port}",
+        address=f"{server_settings.host}:{built.port}",
         metrics_port=metrics_port,
         galaxies=list(registry.galaxies),
+        tls=server_settings.tls.enabled,
+        mutual_tls=server_settings.tls.files()[2] is not None,
+        health_port=built.health_port,
+        access_policy=str(server_settings.auth.policy_file or "") or None,
     )
     server = GssServer(
         settings,
         registry,
         store,
         service,
-        port,
+        built.port,
         metrics_port,
         loop,
-        grpc_server,
-        health_servicer,
+        built.grpc_server,
+        built.health,
         thread,
         metrics_server,
         events=events,
         registry_path=registry_path,
         _registry_state=registry_state,
+        health_grpc_server=built.health_server,
+        health_port=built.health_port,
     )
+    if server_settings.auth.policy_file is not None and not server_settings.tls.enabled:
+        log.warning(
+            "access_control_without_tls",
+            action="tokens and data cross the network in clear unless a proxy or mesh "
+            "terminates TLS in front of this port: set server.tls (docs/security.md)",
+        )
     if events is not None:
         server.on_stop.append(events.stop)
     if registry_poll_seconds is not None:

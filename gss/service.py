@@ -1,7 +1,9 @@
 """The SignalService servicer: lookups, writes and the registry over gRPC.
 
 Every method goes through :func:`_rpc`, the one place that maps GSS errors to status codes,
-records metrics and logs the call.
+records metrics and logs the call. Access was checked before a call gets here, by the one
+interceptor (gss.auth.interceptor), which leaves the caller in ``CURRENT_CALLER``: PutSignals
+records it as each value's producer and in the audit log (``write_audited``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from contract.registry import GalaxySpec, Registry, SignalState
 from contract.settings import ServerSettings
 from contract.v1 import envelope_pb2, signal_service_pb2
 from gss import metrics, reads
-from gss.writes import to_writes
+from gss.auth.identity import CURRENT_CALLER, Permission
+from gss.writes import check_event_times, to_writes
 from store.db import SignalStore
 
 log = structlog.get_logger(__name__)
@@ -82,6 +85,10 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
                     (c for kind, c in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
                 )
                 error = str(exc)
+            except asyncio.CancelledError:
+                # Cut off (the server's cap for calls without a deadline, or the client left).
+                code, error = grpc.StatusCode.CANCELLED, "cancelled"
+                raise
             except Exception as exc:
                 code, error = (
                     grpc.StatusCode.INTERNAL,
@@ -175,12 +182,48 @@ class SignalService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.PutSignalsResponse:
         records = list(request.records)
+        caller = CURRENT_CALLER.get()
+        audit = log.bind(
+            caller=caller.identity,
+            galaxies=sorted({r.galaxy for r in records}),
+            records=len(records),
+            tombstones=sum(r.tombstone for r in records),
+            overrides=sum(r.override_ordering for r in records),
+        )
+        try:
+            response = await self._put(
+                records, request.wait_readable, context, caller.authenticated
+            )
+        except GssError as exc:
+            audit.info("write_audited", outcome="refused", error=str(exc))
+            raise
+        audit.info(
+            "write_audited",
+            outcome="done",
+            applied=sum(o == signal_service_pb2.WRITE_OUTCOME_APPLIED for o in response.outcomes),
+            accepted=sum(o == signal_service_pb2.WRITE_OUTCOME_ACCEPTED for o in response.outcomes),
+        )
+        return response
+
+    async def _put(
+        self,
+        records: list[envelope_pb2.SignalRecord],
+        wait_readable: bool,
+        context: grpc.aio.ServicerContext[Any, Any],
+        authenticated: bool,
+    ) -> signal_service_pb2.PutSignalsResponse:
         if not records:
             raise InvalidArgumentError("records is empty: send at least one signal record")
         if len(records) > self.settings.max_put_records:
             raise InvalidArgumentError(
                 f"{len(records)} records; the limit is {self.settings.max_put_records} per call: split the batch"
             )
+        check_event_times(records, max_future_seconds=self.settings.max_future_event_seconds)
+        if authenticated:
+            # The envelope says who wrote the value: the authenticated caller, not what it claims.
+            producer = CURRENT_CALLER.get().identity
+            for record in records:
+                record.envelope.producer = producer
         # Writes block (fsync, broker round trips): they run in a worker thread, never on the
         # event loop that serves lookups.
         if self.changelog is not None:
@@ -188,7 +231,7 @@ class SignalService:
             return await asyncio.to_thread(
                 self.changelog.put,
                 records,
-                wait_readable=request.wait_readable,
+                wait_readable=wait_readable,
                 timeout_seconds=timeout,
             )
         writes = to_writes(self.registry, records)
@@ -208,8 +251,11 @@ class SignalService:
         request: signal_service_pb2.ListGalaxiesRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.ListGalaxiesResponse:
+        caller = CURRENT_CALLER.get()
         return signal_service_pb2.ListGalaxiesResponse(
-            galaxies=[galaxy_message(g) for g in self.registry]
+            galaxies=[
+                galaxy_message(g) for g in self.registry if caller.may(Permission.READ, g.name)
+            ]
         )
 
     @_rpc("DescribeGalaxy")

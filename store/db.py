@@ -36,11 +36,15 @@ META_CF = "_gss_meta"
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One value to store: ``stored`` is a :func:`store.records.encode` result."""
+    """One value (or tombstone) to store: ``stored`` is a :func:`store.records.encode` (or
+    :func:`store.records.encode_tombstone`) result. ``override`` applies it even if it is not
+    newer than the stored record (an admin's correction); it still competes by order with the
+    other writes to its key in the same batch."""
 
     galaxy: str
     key: bytes
     stored: bytes
+    override: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +178,8 @@ class SignalStore:
         """Store the writes that are newer than what is stored, atomically.
 
         A write is newer if its (event time, changelog offset) is greater than the stored
-        record's; of several writes to one key in the batch, the newest wins and the others
+        record's (an ``override`` write skips that comparison); a tombstone orders like a
+        value; of several writes to one key in the batch, the newest wins and the others
         count as skipped. A write whose event time and value bytes equal the stored record's
         (:func:`store.records.same_value`; envelope aside) is skipped too: repeating a value
         (a re-run, a backfill) writes nothing and derives no outbox entry. ``meta`` (for
@@ -196,7 +201,15 @@ class SignalStore:
                     write = writes[i]
                     order = records.order_of(write.stored)
                     held = best.get(write.key)
-                    floor = held[0] if held else (records.order_of(stored) if stored else None)
+                    floor = (
+                        held[0]
+                        if held
+                        else (
+                            records.order_of(stored)
+                            if stored is not None and not write.override
+                            else None
+                        )
+                    )
                     if floor is None or order > floor:
                         if held and records.same_value(write.stored, writes[held[1]].stored):
                             continue  # repeats the batch's pending value

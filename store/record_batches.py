@@ -3,6 +3,8 @@
 Each record is ``header ‖ EntitySignals with one SignalCell``; the header's event time and the
 cell's envelope become the snapshot's envelope columns, and the cell's ``Any`` value is left
 in place as a byte range for the value type's :class:`~gss.snapshot.convert.Transcoder`.
+Tombstones (deleted values) decode like values, flagged in ``deleted``: a snapshot leaves them
+out (the value is absent), and they are not errors.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class StoredColumns:
     values: columnar.Batch
     error: Array
     reasons: columnar.Reasons
+    # Row i is a tombstone: the value was deleted (its value bytes are empty).
+    deleted: Array
 
     def reason(self, row: int) -> str:
         return self.reasons.texts[int(self.error[row])]
@@ -60,12 +64,14 @@ def decode(batch: columnar.Batch) -> StoredColumns:
         )
     starts = np.minimum(batch.start, batch.end - header)  # keeps reads of short ones in bounds
     fmt = batch.buf[np.maximum(starts, 0)]
-    for value in np.unique(fmt[fmt != records.FORMAT_V1]).tolist():
+    deleted = fmt == records.FORMAT_TOMBSTONE
+    known = (fmt == records.FORMAT_V1) | deleted
+    for value in np.unique(fmt[~known]).tolist():
         reasons.mark(
             error,
             np.flatnonzero(fmt == value),
-            f"ValueError: stored record has format {value}; this GSS reads format "
-            f"{records.FORMAT_V1}",
+            f"ValueError: stored record has format {value}; this GSS reads formats "
+            f"{records.FORMAT_V1} and {records.FORMAT_TOMBSTONE}",
         )
     event_us = (
         sliding_window_view(batch.buf, 8)[np.maximum(starts, 0) + 1]
@@ -105,6 +111,7 @@ def decode(batch: columnar.Batch) -> StoredColumns:
         values=columnar.Batch(batch.buf, value_bytes.start, value_bytes.start + value_bytes.length),
         error=error,
         reasons=reasons,
+        deleted=deleted & (error == 0),
     )
 
 

@@ -7,6 +7,10 @@ A stored record is ``header ‖ cell`` where
 - ``cell`` is a serialized ``gss.v1.EntitySignals`` holding one ``SignalCell`` with status
   FOUND, the version, the value (Any) and the envelope.
 
+A **tombstone** (a deleted value) has format 2 and a NOT_FOUND cell carrying the version and
+the envelope of the deletion, without a value: it orders like a value (a later write replaces
+it, an older one does not) and readers treat it as absent (:func:`is_tombstone`).
+
 The header answers the two questions a hot path asks (is it newer? is it expired?) without
 parsing protobuf. The rest is already in the wire form of a GetSignals answer: protobuf
 concatenates repeated fields, so a row of several signals is the concatenation of their
@@ -23,6 +27,7 @@ from google.protobuf import any_pb2
 from contract.v1 import envelope_pb2, signal_service_pb2
 
 FORMAT_V1 = 1
+FORMAT_TOMBSTONE = 2
 HEADER = struct.Struct(">Bqq")
 NO_OFFSET = -1
 
@@ -44,6 +49,24 @@ def encode(version: int, value: any_pb2.Any, envelope: envelope_pb2.Envelope) ->
     )
 
 
+def encode_tombstone(version: int, envelope: envelope_pb2.Envelope) -> bytes:
+    """The stored form of a deletion: ordered like a value, read as absent."""
+    offset = envelope.source.offset if envelope.HasField("source") else NO_OFFSET
+    cell = signal_service_pb2.SignalCell(
+        status=signal_service_pb2.CELL_STATUS_NOT_FOUND, version=version, envelope=envelope
+    )
+    row = signal_service_pb2.EntitySignals(cells=[cell])
+    return (
+        HEADER.pack(FORMAT_TOMBSTONE, timestamp_us(envelope.event_time), offset)
+        + row.SerializeToString()
+    )
+
+
+def is_tombstone(stored: bytes) -> bool:
+    """True if the stored record is a deletion (readers answer it as NOT_FOUND)."""
+    return stored[0] == FORMAT_TOMBSTONE
+
+
 def order_of(stored: bytes) -> tuple[int, int]:
     """(event time µs, changelog offset): a write replaces a value only if its order is greater."""
     _, event_us, offset = HEADER.unpack_from(stored)
@@ -55,7 +78,7 @@ def same_value(a: bytes, b: bytes) -> bool:
     (version and the value's Any, as serialized). The envelope's write time, changelog
     position, producer and backfill flag are not compared: a write that only repeats what is
     stored (a re-run, a backfill over live values) changes nothing and announces nothing."""
-    if HEADER.unpack_from(a)[1] != HEADER.unpack_from(b)[1]:
+    if a[0] != b[0] or HEADER.unpack_from(a)[1] != HEADER.unpack_from(b)[1]:
         return False
     cell_a, cell_b = cell_of(a), cell_of(b)
     return bool(
@@ -83,11 +106,18 @@ class StoredRecord:
     envelope: envelope_pb2.Envelope
     event_time_us: int
     source_offset: int
+    # A tombstone: the value was deleted (``value`` is empty).
+    deleted: bool = False
 
     @classmethod
     def decode(cls, stored: bytes) -> StoredRecord:
         fmt, event_us, offset = HEADER.unpack_from(stored)
-        if fmt != FORMAT_V1:
-            raise ValueError(f"stored record has format {fmt}; this GSS reads format {FORMAT_V1}")
+        if fmt not in (FORMAT_V1, FORMAT_TOMBSTONE):
+            raise ValueError(
+                f"stored record has format {fmt}; this GSS reads formats {FORMAT_V1} and "
+                f"{FORMAT_TOMBSTONE}"
+            )
         cell = cell_of(stored)
-        return cls(cell.version, cell.value, cell.envelope, event_us, offset)
+        return cls(
+            cell.version, cell.value, cell.envelope, event_us, offset, fmt == FORMAT_TOMBSTONE
+        )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from clients.lookup import make_record
 from contract.v1 import envelope_pb2, signals_pb2
@@ -40,3 +49,47 @@ def count_record(
         signals_pb2.WindowedCount(count=count),
         event_time=event_time or datetime.now(UTC),
     )
+
+
+@contextmanager
+def server_process(
+    data: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`gss serve` in a subprocess on a free loopback port; yields (process, address).
+    ``env`` adds settings (``GSS_...`` variables)."""
+    env = {**os.environ, "GSS_LOG_FORMAT": "json", "GSS_SERVER__METRICS_PORT": "-1", **(env or {})}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gss",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data",
+            str(data),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        address = None
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        while address is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            if match := re.search(r"GSS serving on (\S+)", line):
+                address = match[1]
+        assert address, "gss serve did not report its address"
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+        yield proc, address
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)

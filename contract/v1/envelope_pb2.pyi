@@ -121,14 +121,25 @@ class SignalRecord(google.protobuf.message.Message):
     SIGNAL_FIELD_NUMBER: builtins.int
     VALUE_FIELD_NUMBER: builtins.int
     ENVELOPE_FIELD_NUMBER: builtins.int
+    TOMBSTONE_FIELD_NUMBER: builtins.int
+    OVERRIDE_ORDERING_FIELD_NUMBER: builtins.int
     galaxy: builtins.str
     entity_id: builtins.str
     """The entity id in its text form: decimal for int64 galaxies, lowercase hex for bytes."""
+    tombstone: builtins.bool
+    """Deletes the value: stored as a tombstone that follows the same ordering rules as a value
+    (it applies only if newer), is announced as an event with `deleted` set, and hides the
+    value from lookups, WatchSignals and the snapshot. Needs the galaxy's write permission.
+    """
+    override_ordering: builtins.bool
+    """Applies even if not newer than the stored value: an operator's correction (e.g. of a value
+    whose event time lies in the future). Needs the galaxy's admin permission.
+    """
     @property
     def signal(self) -> global___SignalRef: ...
     @property
     def value(self) -> google.protobuf.any_pb2.Any:
-        """Must hold the signal's registered value type."""
+        """Must hold the signal's registered value type (empty for a tombstone)."""
 
     @property
     def envelope(self) -> global___Envelope: ...
@@ -140,8 +151,10 @@ class SignalRecord(google.protobuf.message.Message):
         signal: global___SignalRef | None = ...,
         value: google.protobuf.any_pb2.Any | None = ...,
         envelope: global___Envelope | None = ...,
+        tombstone: builtins.bool = ...,
+        override_ordering: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["envelope", b"envelope", "signal", b"signal", "value", b"value"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["entity_id", b"entity_id", "envelope", b"envelope", "galaxy", b"galaxy", "signal", b"signal", "value", b"value"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entity_id", b"entity_id", "envelope", b"envelope", "galaxy", b"galaxy", "override_ordering", b"override_ordering", "signal", b"signal", "tombstone", b"tombstone", "value", b"value"]) -> None: ...
 
 global___SignalRecord = SignalRecord

@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from contract.v1 import envelope_pb2 as gss_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gss/v1/events.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gss/v1/envelope.proto\"\xfe\x02\n\x0fSignalAvailable\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06galaxy\x18\x02 \x01(\t\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12!\n\x06signal\x18\x04 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwrite_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08position\x18\x07 \x01(\x0b\x32\x19.gss.v1.ChangelogPosition\x12\x12\n\nvalue_hash\x18\x08 \x01(\x0c\x12#\n\x05value\x18\t \x01(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08producer\x18\n \x01(\t\x12\x12\n\nmodel_name\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\r \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gss/v1/events.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gss/v1/envelope.proto\"\x8f\x03\n\x0fSignalAvailable\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06galaxy\x18\x02 \x01(\t\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12!\n\x06signal\x18\x04 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwrite_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08position\x18\x07 \x01(\x0b\x32\x19.gss.v1.ChangelogPosition\x12\x12\n\nvalue_hash\x18\x08 \x01(\x0c\x12#\n\x05value\x18\t \x01(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08producer\x18\n \x01(\t\x12\x12\n\nmodel_name\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\r \x01(\x08\x12\x0f\n\x07\x64\x65leted\x18\x0e \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,5 +25,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contract.v1.events_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SIGNALAVAILABLE']._serialized_start=115
-  _globals['_SIGNALAVAILABLE']._serialized_end=497
+  _globals['_SIGNALAVAILABLE']._serialized_end=514
 # @@protoc_insertion_point(module_scope)

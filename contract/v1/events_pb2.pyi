@@ -32,6 +32,7 @@ class SignalAvailable(google.protobuf.message.Message):
     MODEL_NAME_FIELD_NUMBER: builtins.int
     MODEL_VERSION_FIELD_NUMBER: builtins.int
     BACKFILL_FIELD_NUMBER: builtins.int
+    DELETED_FIELD_NUMBER: builtins.int
     event_id: builtins.str
     """Stable across redeliveries: consumers dedupe on it (delivery is at-least-once)."""
     galaxy: builtins.str
@@ -44,6 +45,10 @@ class SignalAvailable(google.protobuf.message.Message):
     backfill: builtins.bool
     """The value was written by a backfill (its envelope's backfill flag): skip it to see only
     live values. Backfill events are published at most kafka.backfill_events_per_second.
+    """
+    deleted: builtins.bool
+    """The value was deleted (a tombstone): it is no longer readable; value and value_hash are
+    unset.
     """
     @property
     def signal(self) -> contract.v1.envelope_pb2.SignalRef: ...
@@ -75,8 +80,9 @@ class SignalAvailable(google.protobuf.message.Message):
         model_name: builtins.str = ...,
         model_version: builtins.str = ...,
         backfill: builtins.bool = ...,
+        deleted: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["event_time", b"event_time", "position", b"position", "signal", b"signal", "value", b"value", "write_time", b"write_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["backfill", b"backfill", "entity_id", b"entity_id", "event_id", b"event_id", "event_time", b"event_time", "galaxy", b"galaxy", "model_name", b"model_name", "model_version", b"model_version", "position", b"position", "producer", b"producer", "signal", b"signal", "value", b"value", "value_hash", b"value_hash", "write_time", b"write_time"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["backfill", b"backfill", "deleted", b"deleted", "entity_id", b"entity_id", "event_id", b"event_id", "event_time", b"event_time", "galaxy", b"galaxy", "model_name", b"model_name", "model_version", b"model_version", "position", b"position", "producer", b"producer", "signal", b"signal", "value", b"value", "value_hash", b"value_hash", "write_time", b"write_time"]) -> None: ...
 
 global___SignalAvailable = SignalAvailable

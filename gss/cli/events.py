@@ -141,10 +141,10 @@ def watch(
         request = signal_service_pb2.WatchSignalsRequest(
             galaxy=galaxy, signals=refs, from_beginning=from_beginning
         )
-        from contract.v1.signal_service_pb2_grpc import SignalServiceStub
+        from clients.lookup import GssClient
 
-        with grpc.insecure_channel(target) as channel:
-            call = SignalServiceStub(channel).WatchSignals(request)
+        with GssClient.from_settings(cli.settings().client, target) as client:
+            call = client.watch(request)
             if idle_timeout is not None:
                 threading.Thread(target=_cancel_when, args=(call, done, stop), daemon=True).start()
             try:

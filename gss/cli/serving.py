@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
-from clients.lookup import EntityResult, GssClient, make_record
+from clients.lookup import EntityResult, GssClient, make_record, make_tombstone
 from contract.v1 import envelope_pb2, signal_service_pb2
 from gss.cli.context import CliContext, duration_option, pass_cli
 
@@ -36,12 +36,18 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def _target(cli: CliContext, target: str | None) -> str:
     if target:
         return target
-    server = cli.settings().server
-    return f"{server.host}:{server.port}"
+    settings = cli.settings()
+    if settings.client.target:
+        return settings.client.target
+    return f"{settings.server.host}:{settings.server.port}"
 
 
 def _client(cli: CliContext, target: str | None) -> GssClient:
-    return GssClient(_target(cli, target))
+    # TLS and token from the client settings (client.tls, client.token, client.token_file).
+    try:
+        return GssClient.from_settings(cli.settings().client, _target(cli, target))
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"bad client settings: {exc}") from exc
 
 
 def _fail_rpc(exc: grpc.RpcError) -> click.ClickException:
@@ -158,7 +164,9 @@ def records_from_json(
 ) -> list[envelope_pb2.SignalRecord]:
     """SignalRecords from JSON lines (or a JSON array) of
     ``{"galaxy", "entity_id", "signal": "name@version", "value": {...}, "event_time"?, "producer"?,
-    "model_name"?, "model_version"?}``; value types come from the server's registry."""
+    "model_name"?, "model_version"?, "override_ordering"?}`` or, to delete a value,
+    ``{"galaxy", "entity_id", "signal", "tombstone": true, "event_time"?}``; value types come
+    from the server's registry."""
     records = []
     for number, item in _json_records(stream):
         where = f"record {number}"
@@ -172,16 +180,27 @@ def records_from_json(
             raise click.ClickException(
                 f"{where}: galaxy {item['galaxy']} has no signal {item['signal']!r} (name@version)"
             ) from None
-        cls = symbol_database.Default().GetSymbol(spec.value_type)
-        try:
-            value = json_format.ParseDict(item.get("value", {}), cls())
-        except json_format.ParseError as exc:
-            raise click.ClickException(f"{where}: value is not a {spec.value_type}: {exc}") from exc
         event_time = datetime.fromisoformat(item["event_time"]) if "event_time" in item else None
         if event_time is not None and event_time.tzinfo is None:
             raise click.ClickException(
                 f"{where}: event_time needs a UTC offset, e.g. 2026-01-31T12:00:00Z"
             )
+        if item.get("tombstone"):
+            records.append(
+                make_tombstone(
+                    galaxy.name,
+                    str(item["entity_id"]),
+                    f"{name}@{version}",
+                    event_time=event_time,
+                    producer=item.get("producer", "gss-cli"),
+                )
+            )
+            continue
+        cls = symbol_database.Default().GetSymbol(spec.value_type)
+        try:
+            value = json_format.ParseDict(item.get("value", {}), cls())
+        except json_format.ParseError as exc:
+            raise click.ClickException(f"{where}: value is not a {spec.value_type}: {exc}") from exc
         records.append(
             make_record(
                 galaxy.name,
@@ -194,6 +213,7 @@ def records_from_json(
                 model_version=item.get("model_version", ""),
             )
         )
+        records[-1].override_ordering = bool(item.get("override_ordering"))
     return records
 
 
@@ -278,7 +298,12 @@ def galaxies(cli: CliContext, target: str | None, as_json: bool) -> None:
     help="Run Triton, the Flink job and the content generator (default), or serving and events only.",
 )
 @click.option(
-    "--rate", type=float, default=10.0, show_default=True, help="Content events a second."
+    "--rate",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Content events a second (half of them images; on 2 cores the job with the "
+    "pretrained models keeps up with about 3-8 images a second).",
 )
 @pass_cli
 def run(

@@ -42,6 +42,8 @@ from store.records import StoredRecord
 log = structlog.get_logger(__name__)
 
 _ID_PARTS = struct.Struct(">qqi")
+# Stands for a tombstone's value in its event id, so a deletion's id never equals a value's.
+_TOMBSTONE_HASH = hashlib.sha256(b"gss-tombstone").digest()
 
 
 def event_id(
@@ -100,7 +102,9 @@ class EventBuilder:
     def _event(self, write: Write, info: _SignalInfo, entity: bytes) -> events_pb2.SignalAvailable:
         stored = StoredRecord.decode(write.stored)
         envelope = stored.envelope
-        value_hash = hashlib.sha256(stored.value.value).digest()
+        value_hash = (
+            _TOMBSTONE_HASH if stored.deleted else hashlib.sha256(stored.value.value).digest()
+        )
         source = envelope.source if envelope.HasField("source") else None
         event = events_pb2.SignalAvailable(
             event_id=event_id(
@@ -116,14 +120,15 @@ class EventBuilder:
             signal=info.ref,
             event_time=envelope.event_time,
             write_time=envelope.write_time,
-            value_hash=value_hash,
+            value_hash=b"" if stored.deleted else value_hash,
+            deleted=stored.deleted,
             producer=envelope.producer,
             model_name=envelope.model_name,
             model_version=envelope.model_version,
             position=source,
             backfill=envelope.backfill,
         )
-        if info.inline and len(stored.value.value) <= self.inline_max:
+        if info.inline and not stored.deleted and len(stored.value.value) <= self.inline_max:
             event.value.CopyFrom(stored.value)
         return event
 

@@ -190,7 +190,7 @@ class _SignalBuffer:
             int(row): columns.reason(row) for row in np.flatnonzero(columns.error)
         }
         wrong_type = ~numpy_bools(pc.equal(columns.type_url, self._type_url_scalar))
-        wrong_type &= columns.error == 0
+        wrong_type &= (columns.error == 0) & ~columns.deleted
         for row in np.flatnonzero(wrong_type).tolist():
             found = columns.type_url[row].as_py()
             rejected[row] = (
@@ -199,10 +199,11 @@ class _SignalBuffer:
             )
         candidates = None  # rows whose value is converted (None: all)
         values = columns.values
-        if rejected:
-            candidates = np.setdiff1d(
-                np.arange(len(batch.start)), np.fromiter(rejected, np.int64, len(rejected))
-            )
+        # Tombstones: the value was deleted, so the snapshot has no row for it (not a reject).
+        deleted = np.flatnonzero(columns.deleted)
+        if rejected or len(deleted):
+            left_out = np.concatenate([np.fromiter(rejected, np.int64, len(rejected)), deleted])
+            candidates = np.setdiff1d(np.arange(len(batch.start)), left_out)
             values = columnar.Batch(batch.buf, values.start[candidates], values.end[candidates])
         converted = self.transcoder.convert(values)
         value, thrift = converted.value, converted.thrift

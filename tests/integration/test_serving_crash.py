@@ -2,68 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
 from clients.lookup import GssClient
-from tests.helpers import dhash_record, image_id
+from tests.helpers import dhash_record, image_id, server_process
 
 pytestmark = pytest.mark.integration
 
 BATCH = 20
-STARTUP_SECONDS = 30
-
-
-@contextmanager
-def server_process(data: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`gss serve` in a subprocess on a free loopback port; yields (process, address)."""
-    env = {**os.environ, "GSS_LOG_FORMAT": "json", "GSS_SERVER__METRICS_PORT": "-1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gss",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--data",
-            str(data),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        address = None
-        deadline = time.monotonic() + STARTUP_SECONDS
-        assert proc.stderr is not None
-        while address is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            if match := re.search(r"GSS serving on (\S+)", line):
-                address = match[1]
-        assert address, "gss serve did not report its address"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-        yield proc, address
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def batch_records(batch: int) -> list:  # type: ignore[type-arg]

@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract.kafka import consumer_config, producer_config
+from contract.kafka import (
+    admin_config,
+    consumer_config,
+    java_security_properties,
+    producer_config,
+    security_config,
+)
 from contract.registry import Registry
-from contract.settings import KafkaSettings
+from contract.settings import KafkaSecuritySettings, KafkaSettings
 from contract.topics import TopicKind, galaxy_topics, topic_name
 
 SECURE = KafkaSettings(
@@ -72,3 +78,46 @@ def test_strimzi_topics_match_the_registry(registry: Registry) -> None:
     }
     wanted = {spec.name: spec.partitions for spec in galaxy_topics(KafkaSettings(), registry)}
     assert declared == wanted
+
+
+def test_security_settings_reach_librdkafka_and_java_clients(tmp_path: Path) -> None:
+    """kafka.security becomes librdkafka options for every librdkafka client (through the
+    shared base config) and Java properties for the compute job; client_config still wins."""
+    (tmp_path / "client.crt").write_text("CERT")
+    (tmp_path / "client.key").write_text("KEY")
+    kafka = KafkaSettings(
+        bootstrap_servers="kafka:9093",
+        security=KafkaSecuritySettings(
+            protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="gss",
+            sasl_password='p"w',
+            ca_file=tmp_path / "ca.pem",
+            cert_file=tmp_path / "client.crt",
+            key_file=tmp_path / "client.key",
+        ),
+        client_config={"ssl.endpoint.identification.algorithm": "none"},
+    )
+    for config in (
+        consumer_config(kafka, "test", "group"),
+        producer_config(kafka, "test", delivery_timeout_seconds=1),
+        admin_config(kafka),
+    ):
+        assert config["security.protocol"] == "sasl_ssl"
+        assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert (config["sasl.username"], config["sasl.password"]) == ("gss", 'p"w')
+        assert config["ssl.ca.location"] == str(tmp_path / "ca.pem")
+        assert config["ssl.certificate.location"] == str(tmp_path / "client.crt")
+        assert config["ssl.endpoint.identification.algorithm"] == "none"
+    java = java_security_properties(kafka)
+    assert java["security.protocol"] == "SASL_SSL"
+    assert java["sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="gss" password="p\\"w";'
+    )
+    assert (java["ssl.truststore.type"], java["ssl.truststore.location"]) == (
+        "PEM",
+        str(tmp_path / "ca.pem"),
+    )
+    assert (java["ssl.keystore.certificate.chain"], java["ssl.keystore.key"]) == ("CERT", "KEY")
+    assert security_config(KafkaSettings()) == {"security.protocol": "plaintext"}

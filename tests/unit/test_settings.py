@@ -52,3 +52,27 @@ def test_a_missing_config_file_or_unknown_field_is_an_error(tmp_path: Path) -> N
     config.write_text("servre: {port: 1}\n")
     with pytest.raises(ValueError, match="servre"):
         load_settings(config)
+
+
+def test_security_settings_from_secrets_and_a_tls_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SASL password and a static client token come from secret files; a TLS directory
+    (a mounted Kubernetes TLS Secret) supplies whichever certificate file is not set."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "kafka__security__sasl_password").write_text("s3cret")
+    (secrets / "client__token").write_text("tok")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name in ("tls.crt", "tls.key"):
+        (tls / name).write_text("pem")
+    monkeypatch.setenv("GSS_SECRETS_DIR", str(secrets))
+    monkeypatch.setenv("GSS_SERVER__TLS__DIRECTORY", str(tls))
+    settings = load_settings()
+    assert settings.kafka.security.sasl_password == "s3cret"
+    assert settings.client.token == "tok"
+    assert settings.server.tls.files() == (tls / "tls.crt", tls / "tls.key", None)
+    assert settings.server.tls.enabled
+    assert not settings.client.tls.enabled
+    assert settings.server.auth.policy_file is None

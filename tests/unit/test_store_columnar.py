@@ -215,7 +215,7 @@ def test_stored_records_decode_like_store_records() -> None:
     packed = any_pb2.Any()
     packed.Pack(value)
     good = records.encode(3, packed, envelope)
-    other_format = b"\x02" + good[1:]
+    other_format = b"\x03" + good[1:]  # format 2 is a tombstone (tests/unit/test_safe_writes.py)
     no_cell = good[: records.HEADER.size]
     batch = columnar.Batch.of([good, other_format, b"\x01\x02", no_cell, good])
     columns = record_batches.decode(batch)
@@ -226,7 +226,7 @@ def test_stored_records_decode_like_store_records() -> None:
         "IndexError",
         "",
     ]
-    assert "format 2" in columns.reason(1)
+    assert "format 3" in columns.reason(1)
     reference = records.StoredRecord.decode(good)
     assert int(columns.event_us[0]) == reference.event_time_us
     assert int(columns.write_us[4]) == records.timestamp_us(reference.envelope.write_time)
