@@ -9,7 +9,9 @@ Python workers as is.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,6 +67,8 @@ class Bound:
     imports: tuple[str, ...]  # modules that define the registry's value types
     join_inputs: tuple[JoinInput, ...] = ()
     backfill: bool = False  # values are marked as backfilled (envelope.backfill)
+    code: str = ""  # "module:function" of the plugin (envelope.plugin)
+    revision: str = ""  # its code revision (envelope.plugin_revision)
 
     @property
     def ref(self) -> str:
@@ -106,6 +110,20 @@ def bind(plugins: Sequence[Plugin], registry: Registry, settings: Settings) -> l
     return bound
 
 
+def plugin_code(plugin: Plugin) -> tuple[str, str]:
+    """("module:function", revision) of a plugin: the revision is the first 12 hex digits of
+    the SHA-256 of its source file ("" when the source is not a file)."""
+    fn = plugin.fn
+    name = f"{fn.__module__}:{getattr(fn, '__qualname__', fn.__class__.__name__)}"
+    try:
+        path = inspect.getsourcefile(fn)
+        with open(path or "", "rb") as source:
+            revision = hashlib.sha256(source.read()).hexdigest()[:12]
+    except (OSError, TypeError):
+        revision = ""
+    return name, revision
+
+
 def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: str) -> Bound:
     galaxy = registry.galaxy(plugin.galaxy)
     spec = galaxy.signal(plugin.name, plugin.version)
@@ -136,6 +154,7 @@ def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: 
         input_topic = changelog
     if plugin.shape in (Shape.JOIN, Shape.MATCH) and not joins:
         raise InvalidArgumentError("a join needs inputs")
+    code, revision = plugin_code(plugin)
     return Bound(
         plugin=plugin,
         galaxy=galaxy.name,
@@ -149,4 +168,6 @@ def _bind_one(plugin: Plugin, registry: Registry, settings: Settings, producer: 
         imports=registry.imports,
         join_inputs=joins,
         backfill=settings.compute.backfill,
+        code=code,
+        revision=settings.compute.plugin_revision or revision,
     )

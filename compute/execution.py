@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +67,14 @@ class Position:
     offset: int
     timestamp_ms: int | None = None
     key: bytes | None = None
+
+    @property
+    def source(self) -> Source:
+        return (self.topic, self.partition, self.offset)
+
+
+# Where a value's input was read: (topic, partition, offset), recorded in its envelope.
+Source = tuple[str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +170,12 @@ def signal_record(
     event_ms: int,
     model_name: str = "",
     model_version: str = "",
+    lineage: Sequence[Source] = (),
 ) -> envelope_pb2.SignalRecord:
-    """The changelog record of one value; TypeError if the value is not the signal's type."""
+    """The changelog record of one value; TypeError if the value is not the signal's type.
+
+    Its envelope names the plugin and its revision, and ``lineage``: the records the value was
+    computed from."""
     if not isinstance(value, Message) or value.DESCRIPTOR.full_name != bound.value_type:
         got = value.DESCRIPTOR.full_name if isinstance(value, Message) else type(value).__name__
         raise TypeError(
@@ -178,6 +190,11 @@ def signal_record(
             model_name=model_name,
             model_version=model_version,
             backfill=bound.backfill,
+            inputs=[
+                envelope_pb2.RecordPosition(topic=t, partition=p, offset=o) for t, p, o in lineage
+            ],
+            plugin=bound.code,
+            plugin_revision=bound.revision,
         ),
     )
     record.value.Pack(value)
@@ -245,8 +262,10 @@ def finish(
     model_name: str = "",
     model_version: str = "",
     at: Position | None = None,
+    lineage: Sequence[Source] = (),
 ) -> list[SinkRow]:
-    """Rows for an outcome: the value, nothing (None), or a dead letter."""
+    """Rows for an outcome: the value, nothing (None), or a dead letter. The value's lineage is
+    ``lineage``, else the one input read at ``at``."""
     if outcome.error is not None:
         tally(DEAD_LETTERS, 1)
         return [
@@ -265,7 +284,15 @@ def finish(
         tally(EMPTY, 1)
         return []
     try:
-        record = signal_record(bound, entity, outcome.value, event_ms, model_name, model_version)
+        record = signal_record(
+            bound,
+            entity,
+            outcome.value,
+            event_ms,
+            model_name,
+            model_version,
+            lineage or ((at.source,) if at is not None else ()),
+        )
     except TypeError as exc:
         tally(DEAD_LETTERS, 1)
         return [
@@ -459,10 +486,14 @@ class JoinUpdate:
     key: str  # the input's name as declared in Join.inputs
     value: bytes  # serialized value message
     event_ms: int
+    source: Source | None = None  # the changelog record it came from
 
 
-def join_updates(bounds: list[Bound], payload: bytes) -> list[tuple[int, JoinUpdate]]:
-    """The (join index, update) pairs a changelog record feeds; empty if none reads it.
+def join_updates(
+    bounds: list[Bound], payload: bytes, at: Position | None = None
+) -> list[tuple[int, JoinUpdate]]:
+    """The (join index, update) pairs a changelog record (read at ``at``) feeds; empty if none
+    reads it.
 
     BadInput if it is not a SignalRecord: callers count it (BAD_INPUTS) but write no dead
     letter, since the changelog ingester dead-letters the same record.
@@ -489,16 +520,20 @@ def join_updates(bounds: list[Bound], payload: bytes) -> list[tuple[int, JoinUpd
                             join_input.key,
                             record.value.value,
                             ms_of(record.envelope.event_time),
+                            at.source if at is not None else None,
                         ),
                     )
                 )
     return out
 
 
-def hold_input(
-    bound: Bound, held: dict[str, tuple[bytes, int, float]], update: JoinUpdate, now: float
-) -> bool:
-    """Keep ``update`` in an entity's join state (input -> (value, event ms, stored at)).
+# An entity's join state: input name -> (value, event ms, stored at, source). Entries written
+# before lineage was recorded have no source (three items).
+Held = dict[str, tuple[Any, ...]]
+
+
+def hold_input(bound: Bound, held: Held, update: JoinUpdate, now: float) -> bool:
+    """Keep ``update`` in an entity's join state (input -> (value, event ms, stored at, source)).
 
     Inputs stored more than the join's TTL ago are forgotten first. Returns False (and
     keeps the held value) if the update is older, by event time, than the value held.
@@ -506,12 +541,12 @@ def hold_input(
     join = bound.plugin.join
     assert join is not None
     ttl = join.ttl.total_seconds()
-    for key in [k for k, (_, _, at) in held.items() if now - at >= ttl]:
+    for key in [k for k, entry in held.items() if now - entry[2] >= ttl]:
         del held[key]
     current = held.get(update.key)
     if current is not None and current[1] > update.event_ms:
         return False
-    held[update.key] = (update.value, update.event_ms, now)
+    held[update.key] = (update.value, update.event_ms, now, update.source)
     return True
 
 
@@ -533,18 +568,26 @@ def bucket_members(
     return members
 
 
-def join_inputs(
-    bound: Bound, entity: bytes, state: Mapping[str, tuple[bytes, int]]
-) -> Inputs | None:
-    """The entity's :class:`Inputs` when every input is in ``state`` (name -> (value, ms))."""
+def join_inputs(bound: Bound, entity: bytes, state: Held) -> Inputs | None:
+    """The entity's :class:`Inputs` when every input is in ``state`` (:func:`hold_input`'s)."""
     if any(j.key not in state for j in bound.join_inputs):
         return None
     values = {
         j.key: bound.message_class(j.value_type).FromString(state[j.key][0])
         for j in bound.join_inputs
     }
-    newest = max(ms for _, ms in state.values())
-    return Inputs(bound.codec.to_text(entity), datetime.fromtimestamp(newest / 1000, UTC), values)
+    sources = {
+        j.key: tuple(state[j.key][3])
+        for j in bound.join_inputs
+        if len(state[j.key]) > 3 and state[j.key][3] is not None
+    }
+    newest = max(entry[1] for entry in state.values())
+    return Inputs(
+        bound.codec.to_text(entity),
+        datetime.fromtimestamp(newest / 1000, UTC),
+        values,
+        sources,
+    )
 
 
 def inputs_ms(inputs: Inputs) -> int:
@@ -569,6 +612,7 @@ def run_join(
         event_ms=inputs_ms(inputs),
         payload=_inputs_payload(inputs),
         tally=tally,
+        lineage=[inputs.sources[j.key] for j in bound.join_inputs if j.key in inputs.sources],
     )
 
 

@@ -84,7 +84,7 @@ class LocalHarness:
                 self._by_topic[bound.input_topic].append(bound)
         self._max_ts: dict[int, int] = {}
         self._windows: dict[int, dict[tuple[bytes, int], _Window]] = defaultdict(dict)
-        self._join_state: dict[tuple[int, bytes], dict[str, tuple[bytes, int, float]]] = {}
+        self._join_state: dict[tuple[int, bytes], execution.Held] = {}
         self._buckets: dict[tuple[int, Any], dict[bytes, tuple[Inputs, float]]] = defaultdict(dict)
         self._gathered: dict[tuple[int, bytes], execution.Gathered] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -294,9 +294,7 @@ class LocalHarness:
             state = self._join_state.setdefault((index, update.entity), {})
             if not execution.hold_input(bound, state, update, now):
                 continue  # an older value of this input: the newer one stays
-            inputs = execution.join_inputs(
-                bound, update.entity, {k: (v, ms) for k, (v, ms, _) in state.items()}
-            )
+            inputs = execution.join_inputs(bound, update.entity, state)
             if inputs is None:
                 continue
             if bound.plugin.shape is Shape.JOIN:

@@ -268,12 +268,15 @@ class Inputs(Mapping[str, Message]):
     """The joined signals of one entity: ``inputs["dhash"]`` is its latest ``dhash`` value.
 
     Keys are the input names as declared (``"dhash"`` or ``"dhash@1"``, as written in
-    ``Join.inputs``). ``event_time`` is the newest event time among them.
+    ``Join.inputs``). ``event_time`` is the newest event time among them. ``sources`` says
+    where each input was read — its changelog record's (topic, partition, offset), when known —
+    which the value's envelope records as its lineage.
     """
 
     entity_id: str
     event_time: datetime
     by_name: Mapping[str, Message]
+    sources: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Message:
         return self.by_name[name]
@@ -290,7 +293,12 @@ class Inputs(Mapping[str, Message]):
             (name, type(value).__module__, value.DESCRIPTOR.full_name, value.SerializeToString())
             for name, value in self.by_name.items()
         )
-        return _rebuild_inputs, (self.entity_id, self.event_time.timestamp(), items)
+        return _rebuild_inputs, (
+            self.entity_id,
+            self.event_time.timestamp(),
+            items,
+            tuple(self.sources.items()),
+        )
 
     def get_as(self, name: str, kind: type[M]) -> M:
         """``self[name]``, checked to be a ``kind`` (for typed code)."""
@@ -300,14 +308,16 @@ class Inputs(Mapping[str, Message]):
         return value
 
 
-def _rebuild_inputs(entity_id: str, timestamp: float, items: tuple[Any, ...]) -> Inputs:
+def _rebuild_inputs(
+    entity_id: str, timestamp: float, items: tuple[Any, ...], sources: tuple[Any, ...] = ()
+) -> Inputs:
     from google.protobuf import symbol_database
 
     values: dict[str, Message] = {}
     for name, module, full_name, raw in items:
         importlib.import_module(module)
         values[name] = symbol_database.Default().GetSymbol(full_name).FromString(raw)
-    return Inputs(entity_id, datetime.fromtimestamp(timestamp, UTC), values)
+    return Inputs(entity_id, datetime.fromtimestamp(timestamp, UTC), values, dict(sources))
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,9 @@ class ComputeSettings(BaseModel):
     job_name: str = "gss-compute"
     # Modules, packages or .py paths whose plugins the job runs.
     plugins: list[str] = Field(default_factory=lambda: ["compute.examples"])
+    # The code revision every value's envelope names (plugin_revision), e.g. a build id or git
+    # commit; unset: a hash of each plugin's source file, taken when the job is submitted.
+    plugin_revision: str | None = None
     # at-least-once: values are visible at once, a restart may write some again (GSS applies
     # them idempotently). exactly-once: Kafka transactions, values visible to read_committed
     # consumers only after each checkpoint.

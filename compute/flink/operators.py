@@ -355,7 +355,7 @@ class JoinUpdates(ProcessFunction):  # type: ignore[misc]
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, at = read_input(self.bounds[0].input_topic, value)
         try:
-            yield from execution.join_updates(self.bounds, payload)
+            yield from execution.join_updates(self.bounds, payload, at)
         except execution.BadInput:
             for bound in self.bounds:
                 self.tallies.of(bound, at)(execution.BAD_INPUTS, 1)
@@ -417,13 +417,12 @@ class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
         tally = self.tallies.of(bound)
         tally(execution.INPUTS, 1)
         state = self.states[index]
-        held: dict[str, tuple[bytes, int, float]] = state.value() or {}
+        held: execution.Held = state.value() or {}
         if not execution.hold_input(bound, held, update, time.time()):
             state.update(held)
             return  # an older value of this input: the newer one stays
         state.update(held)
-        current = {key: (v, ms) for key, (v, ms, _) in held.items()}
-        inputs = execution.join_inputs(bound, update.entity, current)
+        inputs = execution.join_inputs(bound, update.entity, held)
         if inputs is None:
             return
         if bound.plugin.shape is Shape.JOIN:
@@ -434,7 +433,8 @@ class JoinInputs(KeyedProcessFunction):  # type: ignore[misc]
         for row in dead:
             yield sink_row(row)
         # Identifies this version of the inputs, so the gather step never mixes two versions.
-        round_id = hashlib.sha1(repr(sorted(current.items())).encode()).hexdigest()
+        current = sorted((key, entry[0], entry[1]) for key, entry in held.items())
+        round_id = hashlib.sha1(repr(current).encode()).hexdigest()
         for key in keys:
             yield MATCH_TAG, MatchItem(index, key, update.entity, round_id, len(keys), inputs)
 

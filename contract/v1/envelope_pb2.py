@@ -16,7 +16,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gss/v1/envelope.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x11\x43hangelogPosition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xe4\x01\n\x08\x45nvelope\x12.\n\nevent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwrite_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12)\n\x06source\x18\x06 \x01(\x0b\x32\x19.gss.v1.ChangelogPosition\x12\x10\n\x08\x62\x61\x63kfill\x18\x07 \x01(\x08\"*\n\tSignalRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xcb\x01\n\x0cSignalRecord\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12!\n\x06signal\x18\x03 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12#\n\x05value\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x08\x65nvelope\x18\x05 \x01(\x0b\x32\x10.gss.v1.Envelope\x12\x11\n\ttombstone\x18\x06 \x01(\x08\x12\x19\n\x11override_ordering\x18\x07 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gss/v1/envelope.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x11\x43hangelogPosition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"B\n\x0eRecordPosition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xb5\x02\n\x08\x45nvelope\x12.\n\nevent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwrite_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12)\n\x06source\x18\x06 \x01(\x0b\x32\x19.gss.v1.ChangelogPosition\x12\x10\n\x08\x62\x61\x63kfill\x18\x07 \x01(\x08\x12&\n\x06inputs\x18\x08 \x03(\x0b\x32\x16.gss.v1.RecordPosition\x12\x0e\n\x06plugin\x18\t \x01(\t\x12\x17\n\x0fplugin_revision\x18\n \x01(\t\"*\n\tSignalRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xcb\x01\n\x0cSignalRecord\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12!\n\x06signal\x18\x03 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12#\n\x05value\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x08\x65nvelope\x18\x05 \x01(\x0b\x32\x10.gss.v1.Envelope\x12\x11\n\ttombstone\x18\x06 \x01(\x08\x12\x19\n\x11override_ordering\x18\x07 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,10 +25,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHANGELOGPOSITION']._serialized_start=93
   _globals['_CHANGELOGPOSITION']._serialized_end=162
-  _globals['_ENVELOPE']._serialized_start=165
-  _globals['_ENVELOPE']._serialized_end=393
-  _globals['_SIGNALREF']._serialized_start=395
-  _globals['_SIGNALREF']._serialized_end=437
-  _globals['_SIGNALRECORD']._serialized_start=440
-  _globals['_SIGNALRECORD']._serialized_end=643
+  _globals['_RECORDPOSITION']._serialized_start=164
+  _globals['_RECORDPOSITION']._serialized_end=230
+  _globals['_ENVELOPE']._serialized_start=233
+  _globals['_ENVELOPE']._serialized_end=542
+  _globals['_SIGNALREF']._serialized_start=544
+  _globals['_SIGNALREF']._serialized_end=586
+  _globals['_SIGNALRECORD']._serialized_start=589
+  _globals['_SIGNALRECORD']._serialized_end=792
 # @@protoc_insertion_point(module_scope)

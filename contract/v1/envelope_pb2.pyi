@@ -4,8 +4,10 @@ isort:skip_file
 The signal record and its envelope: what is written, where it came from, who made it."""
 
 import builtins
+import collections.abc
 import google.protobuf.any_pb2
 import google.protobuf.descriptor
+import google.protobuf.internal.containers
 import google.protobuf.message
 import google.protobuf.timestamp_pb2
 import typing
@@ -36,6 +38,31 @@ class ChangelogPosition(google.protobuf.message.Message):
 global___ChangelogPosition = ChangelogPosition
 
 @typing.final
+class RecordPosition(google.protobuf.message.Message):
+    """A record's position in a Kafka topic: a content event a plugin read, or a changelog record a
+    join read as one of its inputs.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: builtins.int
+    PARTITION_FIELD_NUMBER: builtins.int
+    OFFSET_FIELD_NUMBER: builtins.int
+    topic: builtins.str
+    partition: builtins.int
+    offset: builtins.int
+    def __init__(
+        self,
+        *,
+        topic: builtins.str = ...,
+        partition: builtins.int = ...,
+        offset: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["offset", b"offset", "partition", b"partition", "topic", b"topic"]) -> None: ...
+
+global___RecordPosition = RecordPosition
+
+@typing.final
 class Envelope(google.protobuf.message.Message):
     """Provenance of one stored value."""
 
@@ -48,6 +75,9 @@ class Envelope(google.protobuf.message.Message):
     MODEL_VERSION_FIELD_NUMBER: builtins.int
     SOURCE_FIELD_NUMBER: builtins.int
     BACKFILL_FIELD_NUMBER: builtins.int
+    INPUTS_FIELD_NUMBER: builtins.int
+    PLUGIN_FIELD_NUMBER: builtins.int
+    PLUGIN_REVISION_FIELD_NUMBER: builtins.int
     producer: builtins.str
     """The job or caller that produced the value, e.g. "flink:gss-compute" or "cli"."""
     model_name: builtins.str
@@ -57,6 +87,12 @@ class Envelope(google.protobuf.message.Message):
     """Written by a backfill (`gss signal backfill`), not by live processing: subscribers that
     only want fresh values skip it. Copied into the value's availability event.
     """
+    plugin: builtins.str
+    """The plugin that computed the value ("module:function") and its code revision: the
+    configured compute.plugin_revision (a build id), else the first 12 hex digits of the
+    SHA-256 of the plugin's source file as the job was submitted.
+    """
+    plugin_revision: builtins.str
     @property
     def event_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
         """When the fact the value describes happened (UTC). Orders writes; drives TTL."""
@@ -69,6 +105,13 @@ class Envelope(google.protobuf.message.Message):
     def source(self) -> global___ChangelogPosition:
         """The changelog record the value was applied from; unset for direct writes."""
 
+    @property
+    def inputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RecordPosition]:
+        """Lineage, set by the compute job: the records the value was computed from — a map or model
+        plugin's content event; a join's input values, as changelog records, in the order the join
+        declares them. Empty for a window (many events) and for direct writes.
+        """
+
     def __init__(
         self,
         *,
@@ -79,9 +122,12 @@ class Envelope(google.protobuf.message.Message):
         model_version: builtins.str = ...,
         source: global___ChangelogPosition | None = ...,
         backfill: builtins.bool = ...,
+        inputs: collections.abc.Iterable[global___RecordPosition] | None = ...,
+        plugin: builtins.str = ...,
+        plugin_revision: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["event_time", b"event_time", "source", b"source", "write_time", b"write_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["backfill", b"backfill", "event_time", b"event_time", "model_name", b"model_name", "model_version", b"model_version", "producer", b"producer", "source", b"source", "write_time", b"write_time"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["backfill", b"backfill", "event_time", b"event_time", "inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "plugin", b"plugin", "plugin_revision", b"plugin_revision", "producer", b"producer", "source", b"source", "write_time", b"write_time"]) -> None: ...
 
 global___Envelope = Envelope
 

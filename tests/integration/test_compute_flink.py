@@ -33,6 +33,7 @@ from contract.deadletter import Reason
 from contract.registry import load_registry
 from contract.settings import load_settings
 from contract.v1.content_pb2 import ImageEvent, PinEngagementEvent
+from contract.v1.envelope_pb2 import RecordPosition, SignalRecord
 from contract.v1.signals_pb2 import DHash, NearDuplicate, WindowedCount
 from gss.local.generator import ContentGenerator
 from tests.compute_support import (
@@ -448,3 +449,70 @@ def test_records_survive_a_python_worker_crash(flink_runner: FlinkRunner) -> Non
     restarts = re.search(r"^flink_jobmanager_job_numRestarts\{[^}]*\} (\S+)$", text, re.M)
     assert restarts is not None
     assert float(restarts.group(1)) >= 1
+
+
+def _record_at(bootstrap: str, position: RecordPosition) -> bytes:
+    """The value of the Kafka record at a position an envelope names."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "lineage-test", "enable.auto.commit": False}
+    )
+    try:
+        consumer.assign([TopicPartition(position.topic, position.partition, position.offset)])
+        for _ in range(50):
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                assert msg.offset() == position.offset
+                return bytes(msg.value())
+        raise AssertionError(f"nothing read at {position}")
+    finally:
+        consumer.close()
+
+
+def test_values_name_their_inputs_and_plugin_revision(flink_runner: FlinkRunner) -> None:
+    """Lineage: a map value's envelope names the content event it was computed from (its exact
+    topic, partition and offset) and the plugin with its source revision; a join's names the
+    changelog records of each of its inputs, in the order the join declares them."""
+    from compute.binding import plugin_code
+
+    bootstrap = flink_runner.settings.kafka.bootstrap_servers or ""
+    event = ContentGenerator(seed=909, duplicate_fraction=0.0).next_image(T0)[2]
+    assert isinstance(event, ImageEvent)
+    flink_runner.send("content.images", [event], key=image_key)
+    entity = event.image_signature.hex()
+    flink_runner.wait_latest("images", event.image_signature, "near_duplicate_of@1")
+
+    def record(entity: str, signal: str) -> SignalRecord:
+        # The changelog reader may trail the server that answered wait_latest.
+        found: list[SignalRecord] = flink_runner.wait_for(
+            f"the {signal} record of {entity}",
+            lambda: [
+                r
+                for r in flink_runner.records()
+                if (r.entity_id, r.signal.name) == (entity, signal)
+            ],
+        )
+        assert len(found) == 1, found
+        return found[0]
+
+    hashed = record(entity, "dhash")
+    (source,) = hashed.envelope.inputs
+    assert source.topic == "content.images"
+    assert _record_at(bootstrap, source) == event.SerializeToString()
+    assert (hashed.envelope.plugin, hashed.envelope.plugin_revision) == plugin_code(dhash)
+    assert re.fullmatch(r"[0-9a-f]{12}", hashed.envelope.plugin_revision)
+
+    matched = record(entity, "near_duplicate_of")
+    (input_position,) = matched.envelope.inputs
+    assert input_position.topic == "gss.images.changelog"
+    assert SignalRecord.FromString(_record_at(bootstrap, input_position)) == hashed
+    assert matched.envelope.plugin == "compute.examples.images.near_duplicate_of:near_duplicate_of"
+
+    # A two-input join: tests/both@1 = left x right.
+    flink_runner.send("test.left", [pin(777, 1, T0)], key=pin_key)
+    flink_runner.send("test.right", [pin(777, 2, T0)], key=pin_key)
+    flink_runner.wait_latest("tests", 777, "both@1")
+    both = record("777", "both")
+    named = [SignalRecord.FromString(_record_at(bootstrap, p)) for p in both.envelope.inputs]
+    assert [(r.signal.name, r.entity_id) for r in named] == [("left", "777"), ("right", "777")]
