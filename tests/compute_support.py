@@ -234,6 +234,7 @@ class FlinkRunner(Runner):
         self._producer = Producer(
             producer_config(settings.kafka, "compute-tests", delivery_timeout_seconds=30.0)
         )
+        self.gss_target = gss_target
         self._gss = GssClient(gss_target)
         kafka = settings.kafka
         self._changelogs = [kafka.topic(kafka.changelog_topic, g) for g in registry.galaxies]

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -516,3 +517,144 @@ def test_values_name_their_inputs_and_plugin_revision(flink_runner: FlinkRunner)
     both = record("777", "both")
     named = [SignalRecord.FromString(_record_at(bootstrap, p)) for p in both.envelope.inputs]
     assert [(r.signal.name, r.entity_id) for r in named] == [("left", "777"), ("right", "777")]
+
+
+FIXED_FLAKY = '''
+from datetime import timedelta
+
+from compute import Source, signal
+from contract.v1.content_pb2 import PinEngagementEvent
+from contract.v1.signals_pb2 import DHash
+
+
+@signal(
+    galaxy="tests",
+    name="flaky",
+    version=1,
+    source=Source(topic="test.flaky", schema=PinEngagementEvent, entity="pin_id",
+                  max_out_of_orderness=timedelta(seconds=1)),
+)
+def flaky(event: PinEngagementEvent) -> DHash:
+    """The fixed plugin: every user is lucky now."""
+    return DHash(hash=event.user_id)
+'''
+
+
+def test_dead_letters_are_listed_and_redriven_once_after_a_fix(
+    flink_runner: FlinkRunner, registry_path: Path, tmp_path: Path
+) -> None:
+    """Dead letters of a failing plugin are listed with their input positions; after the fix,
+    `gss dlq redrive` writes each input's value once (lineage: the original input), and a
+    second redrive does nothing."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gss.cli import main
+
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    pins = {621: test_plugins.UNLUCKY, 622: test_plugins.WRONG_TYPE, 623: 5}
+    flink_runner.send("test.flaky", [pin(p, user, T0) for p, user in pins.items()], key=pin_key)
+    for p in (621, 622):
+        flink_runner.wait_dead_letter(lambda d, p=p: d.entity_id == str(p))
+    flink_runner.wait_latest("tests", 623, "flaky@1")
+    fixed = tmp_path / "fixed_flaky.py"
+    fixed.write_text(FIXED_FLAKY)
+    settings = flink_runner.settings
+    env = {
+        "GSS_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "GSS_REGISTRY_PATH": str(registry_path),
+        "GSS_COMPUTE__PLUGINS": json.dumps([str(fixed)]),
+        "GSS_LOG_LEVEL": "WARNING",
+    }
+    since = started.isoformat()
+
+    def gss(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = [
+        json.loads(line)
+        for line in gss("dlq", "list", "tests", "--signal", "flaky@1", "--since", since, "--json")
+        .strip()
+        .splitlines()
+    ]
+    by_entity = {d["entity_id"]: d for d in listed}
+    assert set(by_entity) == {"621", "622"}
+    assert {by_entity[e]["reason"] for e in by_entity} == {"plugin_error", "bad_output"}
+    assert all(re.fullmatch(r"test\.flaky/\d+:\d+", d["input_position"]) for d in listed)
+    stats = json.loads(gss("dlq", "stats", "tests", "--since", since, "--json"))
+    assert stats["total"] >= 2
+
+    target = ["--target", flink_runner.gss_target]
+    first = gss("dlq", "redrive", "tests/flaky@1", "--since", since, *target)
+    assert "2 re-driven, 0 already answered, 0 still failing" in first, first
+    for p, user in ((621, test_plugins.UNLUCKY), (622, test_plugins.WRONG_TYPE)):
+        assert flink_runner.wait_latest("tests", p, "flaky@1") == DHash(hash=user)
+    again = gss("dlq", "redrive", "tests/flaky@1", "--since", since, *target)
+    assert "0 re-driven, 2 already answered, 0 still failing" in again, again
+    flink_runner.settle()
+    redriven = [
+        r
+        for r in flink_runner.records()
+        if r.signal.name == "flaky" and r.entity_id in ("621", "622")
+    ]
+    assert len(redriven) == 2  # one value each, nothing written twice
+    assert {r.envelope.producer for r in redriven} == {"gss-redrive"}
+    positions = {d["entity_id"]: d["input_position"] for d in listed}
+    for r in redriven:
+        (source,) = r.envelope.inputs
+        assert f"{source.topic}/{source.partition}:{source.offset}" == positions[r.entity_id]
+
+
+def test_explain_traces_a_value_to_its_event_and_input(
+    flink_runner: FlinkRunner, registry_path: Path
+) -> None:
+    """`gss explain`: per signal the value, plugin and revision, changelog position, when its
+    event was published, and the input record itself (read back from Kafka, decoded with the
+    plugin's source schema; a join's input is the dhash changelog record)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from compute.binding import plugin_code
+    from gss.cli import main
+
+    event = ContentGenerator(seed=919, duplicate_fraction=0.0).next_image(T0)[2]
+    assert isinstance(event, ImageEvent)
+    flink_runner.send("content.images", [event], key=image_key)
+    flink_runner.wait_latest("images", event.image_signature, "near_duplicate_of@1")
+    env = {
+        "GSS_KAFKA__BOOTSTRAP_SERVERS": flink_runner.settings.kafka.bootstrap_servers or "",
+        "GSS_REGISTRY_PATH": str(registry_path),
+        "GSS_LOG_LEVEL": "WARNING",
+    }
+    args = ["explain", "images", event.image_signature.hex(), "--signal", "dhash@1"]
+    args += ["--signal", "near_duplicate_of@1", "--target", flink_runner.gss_target, "--json"]
+
+    def explained() -> dict[str, Any]:
+        result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        return {s["signal"]: s for s in out["signals"]}
+
+    # The availability event follows the value by a moment.
+    def announced() -> dict[str, Any] | None:
+        found = explained()
+        return found if all(s.get("announced") for s in found.values()) else None
+
+    found = flink_runner.wait_for("both values announced", announced)
+    hashed, matched = found["dhash@1"], found["near_duplicate_of@1"]
+    assert (hashed["plugin"], hashed["plugin_revision"]) == plugin_code(dhash)
+    assert hashed["changelog"].startswith("gss.images.changelog/")
+    assert re.fullmatch(r"[0-9a-f]+", hashed["announced"]["event_id"])
+    (source,) = hashed["inputs"]
+    assert source["position"].startswith("content.images/")
+    assert source["found_in"] == "kafka"
+    assert source["record"]["type"] == "gss.v1.ImageEvent"
+    assert source["record"]["width"] == event.width
+    (joined,) = matched["inputs"]
+    assert joined["position"] == hashed["changelog"]
+    assert joined["record"]["type"] == "gss.v1.SignalRecord"
+    assert joined["record"]["signal"] == {"name": "dhash", "version": 1}

@@ -81,3 +81,28 @@ def test_join_state_written_before_lineage_still_joins() -> None:
     inputs = execution.join_inputs(bound, bytes(16), old)
     assert inputs is not None
     assert inputs.sources == {}
+
+
+def test_an_input_past_kafkas_retention_is_read_from_the_archive(tmp_path: Path) -> None:
+    from contract.settings import ArchiveSettings
+    from gss.archive.archiver import write_batch
+    from gss.archive.layout import ArchivedRecord
+    from gss.archive.storage import LocalStorage
+    from gss.lineage import read_archived_record
+
+    records = [
+        ArchivedRecord("content.images", 1, o, 1_000 + o, "create", b"k%d" % o, b"v%d" % o)
+        for o in range(10, 15)
+    ]
+    write_batch(LocalStorage(tmp_path), records, topic_id="id", from_offset=10, previous=None)
+    archive = ArchiveSettings(root=str(tmp_path))
+    found = read_archived_record(archive, "content.images", 1, 12)
+    assert found is not None
+    assert (found.value, found.key, found.timestamp_ms, found.found_in) == (
+        b"v12",
+        b"k12",
+        1_012,
+        "archive",
+    )
+    assert read_archived_record(archive, "content.images", 1, 99) is None
+    assert read_archived_record(ArchiveSettings(), "content.images", 1, 12) is None
