@@ -20,7 +20,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-AREAS = ("lookup", "events", "compute", "triton", "export", "history")
+AREAS = ("lookup", "events", "compute", "triton", "models", "export", "history", "security")
 BENCH_DIR = Path(__file__).resolve().parent
 REPORT = BENCH_DIR / "report.json"
 

@@ -60,6 +60,20 @@ def example_value(signal: str, n: int, rnd: random.Random | None = None) -> Mess
             value.window_start.FromDatetime(start)
             value.window_end.FromDatetime(start + timedelta(hours=1))
         return value
+    if signal == "ocr_text":
+        return signals_pb2.OcrText(
+            lines=[
+                signals_pb2.TextLine(
+                    text=f"line {i} of {n} ✓",
+                    x0=rnd.randrange(100),
+                    y0=40 * i,
+                    x1=100 + rnd.randrange(100),
+                    y1=40 * i + 30,
+                    confidence=rnd.random(),
+                )
+                for i in range(n % 3)
+            ]
+        )
     raise KeyError(signal)
 
 
@@ -74,17 +88,21 @@ def example_records(
 ) -> list[envelope_pb2.SignalRecord]:
     """``count`` entities of ``galaxy`` with a value of every (or each listed) signal."""
     spec = registry.galaxy(galaxy)
-    names = signals or [s.name for s in spec.signals]
+    # Listed names: their default versions; otherwise every registered version.
+    versions = (
+        [(name, spec.signal(name).version) for name in signals]
+        if signals
+        else [(s.name, s.version) for s in spec.signals]
+    )
     records = []
     for n in range(first, first + count):
         entity: Any = image_id(n) if spec.key.type == "bytes" else n
-        for name in names:
-            sig = spec.signal(name)
+        for name, version in versions:
             records.append(
                 make_record(
                     galaxy,
                     entity,
-                    f"{name}@{sig.version}",
+                    f"{name}@{version}",
                     example_value(name, n),
                     event_time=event_time or BASE_TIME + timedelta(microseconds=n),
                     producer="test",

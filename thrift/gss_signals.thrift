@@ -61,6 +61,22 @@ struct SafetyScore {
   3: required string model_version
 }
 
+// One line of text read in an image: its box in the image's pixels (x0, y0 inclusive; x1, y1
+// exclusive) and the recogniser's confidence (mean per-character probability, in [0, 1]).
+struct TextLine {
+  1: required string text
+  2: required i64 x0
+  3: required i64 y0
+  4: required i64 x1
+  5: required i64 y1
+  6: required double confidence
+}
+
+// images/ocr_text@1: the lines of text in an image, top to bottom, then left to right.
+struct OcrText {
+  1: required list<TextLine> lines
+}
+
 // pins/save_count_1h@1 and other windowed counts: events in [window_start, window_end).
 struct WindowedCount {
   1: required i64 count
@@ -130,6 +146,18 @@ struct SafetyScoreSnapshotRow {
   6: required string model_version
   7: required bool expired
   8: required SafetyScore value
+  9: required binary value_thrift
+}
+
+struct OcrTextSnapshotRow {
+  1: required string entity_id
+  2: required i64 event_time
+  3: required i64 write_time
+  4: required string producer
+  5: required string model_name
+  6: required string model_version
+  7: required bool expired
+  8: required OcrText value
   9: required binary value_thrift
 }
 

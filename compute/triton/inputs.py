@@ -1,21 +1,34 @@
-"""How an image becomes a model input: the one place that knows the models' pixel contract.
+"""How an image becomes a model input: the one place that knows the models' pixel contracts.
 
-Every image model in compute/models takes ``PIXELS``: UINT8 ``[32, 32, 3]`` per item, RGB,
-row-major (y, x, channel), values 0..255. Plugins call :func:`image_tensor` on whatever
-image they hold (any size, greyscale, RGB or RGBA ``uint8`` array) and hand the result to
-:class:`compute.triton.client.ModelClient`.
+Each function here is the client half of one model's preprocessing, the geometric part
+(crop, resize, re-encoding); the numeric part (scaling, mean/std, colour order, layout)
+is inside the model's ONNX graph or ``model.py`` in compute/models, so that every
+configuration of a model (Python backend on CPU, onnxruntime backend on GPU) gets the same
+UINT8 RGB input. Plugins call the function of their model on whatever image they hold
+(any size, greyscale, RGB or RGBA ``uint8`` array) and hand the result to
+:class:`compute.triton.client.ModelClient`:
 
-Resizing is area averaging (each output pixel is the mean of the input pixels its box
-covers, weighted by overlap), written in numpy so it gives the same bytes everywhere; it
-is exact for downscaling by any factor and bilinear-free (no ringing) for upscaling.
+| function | model | input per item |
+|---|---|---|
+| :func:`image_tensor` | image_embedding, safety_classifier | ``PIXELS`` UINT8 [32, 32, 3] |
+| :func:`efficientnet_input` | efficientnet_lite0 | ``PIXELS`` UINT8 [224, 224, 3] |
+| :func:`open_nsfw_input` | open_nsfw | ``PIXELS`` UINT8 [224, 224, 3] |
+| :func:`ocr_input` | ocr_text | ``IMAGE`` UINT8 [H, W, 3] |
+
+:func:`image_tensor`'s resizing is area averaging (each output pixel is the mean of the
+input pixels its box covers, weighted by overlap), written in numpy so it gives the same
+bytes everywhere. The pretrained models get the resampling their weights were evaluated
+with (Pillow's bicubic and bilinear filters), documented per function.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from contract.errors import InvalidArgumentError
 
@@ -53,8 +66,8 @@ def resize(image: Pixels, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> 
     return out
 
 
-def image_tensor(image: npt.NDArray[np.generic]) -> Pixels:
-    """The model input for one image: UINT8 ``[32, 32, 3]`` RGB.
+def rgb_pixels(image: npt.NDArray[np.generic]) -> Pixels:
+    """``image`` as UINT8 ``[H, W, 3]`` RGB.
 
     ``image`` is a ``uint8`` array ``[H, W]`` (greyscale), ``[H, W, 1]``, ``[H, W, 3]`` (RGB)
     or ``[H, W, 4]`` (RGBA; alpha is dropped, not composited). Raises InvalidArgumentError
@@ -80,7 +93,71 @@ def image_tensor(image: npt.NDArray[np.generic]) -> Pixels:
         pixels = np.repeat(pixels, 3, axis=2)
     elif pixels.shape[2] == 4:
         pixels = pixels[:, :, :3]
-    return resize(pixels)
+    return np.ascontiguousarray(pixels)
+
+
+def image_tensor(image: npt.NDArray[np.generic]) -> Pixels:
+    """The image_embedding / safety_classifier input for one image: UINT8 ``[32, 32, 3]`` RGB.
+
+    ``image`` as :func:`rgb_pixels` takes it; area-averaged to 32x32 (aspect not kept).
+    """
+    return resize(rgb_pixels(image))
+
+
+EFFICIENTNET_SIZE = 224
+# TF EfficientNet evaluation: the centre square of side shorter_side * 224 / (224 + 32).
+EFFICIENTNET_CROP = EFFICIENTNET_SIZE / (EFFICIENTNET_SIZE + 32)
+OPEN_NSFW_RESIZE = 256
+OPEN_NSFW_SIZE = 224
+
+
+def efficientnet_input(image: npt.NDArray[np.generic]) -> Pixels:
+    """The efficientnet_lite0 input: UINT8 ``[224, 224, 3]`` RGB.
+
+    TF EfficientNet's evaluation crop, which the weights were evaluated with: the centred
+    square whose side is 224/256 of the shorter side, resized to 224x224 with Pillow's
+    bicubic filter. The graph then computes ``(x - 127) / 128`` per channel.
+    """
+    picture = Image.fromarray(rgb_pixels(image))
+    width, height = picture.size
+    side = min(width, height) * EFFICIENTNET_CROP
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    resized = picture.crop(box).resize(
+        (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE), Image.Resampling.BICUBIC
+    )
+    pixels: Pixels = np.asarray(resized, dtype=np.uint8)
+    return pixels
+
+
+def open_nsfw_input(image: npt.NDArray[np.generic]) -> Pixels:
+    """The open_nsfw input: UINT8 ``[224, 224, 3]`` RGB.
+
+    Yahoo's classify_nsfw.py sequence, which the network is sensitive to: resize to 256x256
+    (aspect not kept, Pillow bilinear), a JPEG round trip (Pillow's default quality 75; the
+    training images were JPEGs and their artefacts matter), the centred 224x224 crop. The
+    graph then swaps to BGR and subtracts the Caffe means (104, 117, 123).
+    """
+    resized = Image.fromarray(rgb_pixels(image)).resize(
+        (OPEN_NSFW_RESIZE, OPEN_NSFW_RESIZE), Image.Resampling.BILINEAR
+    )
+    buffer = io.BytesIO()
+    resized.save(buffer, format="JPEG")
+    buffer.seek(0)
+    decoded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.uint8)
+    offset = (OPEN_NSFW_RESIZE - OPEN_NSFW_SIZE) // 2
+    cropped: Pixels = np.ascontiguousarray(
+        decoded[offset : offset + OPEN_NSFW_SIZE, offset : offset + OPEN_NSFW_SIZE]
+    )
+    return cropped
+
+
+def ocr_input(image: npt.NDArray[np.generic]) -> Pixels:
+    """The ocr_text input: the image itself as UINT8 ``[H, W, 3]`` RGB.
+
+    The OCR model resizes inside (text needs the resolution the image has): it reads boxes
+    in these pixel coordinates.
+    """
+    return rgb_pixels(image)
 
 
 def image_batch(images: Sequence[npt.NDArray[np.generic]]) -> Pixels:

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gss/v1/signals.proto\x12\x06gss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"I\n\rWeightedColor\x12\x0b\n\x03red\x18\x01 \x01(\r\x12\r\n\x05green\x18\x02 \x01(\r\x12\x0c\n\x04\x62lue\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"7\n\x0e\x44ominantColors\x12%\n\x06\x63olors\x18\x01 \x03(\x0b\x32\x15.gss.v1.WeightedColor\"\x15\n\x05\x44Hash\x12\x0c\n\x04hash\x18\x01 \x01(\x06\"F\n\rNearDuplicate\x12\x1b\n\x13\x63\x61nonical_entity_id\x18\x01 \x01(\t\x12\x18\n\x10hamming_distance\x18\x02 \x01(\r\"B\n\x0bSafetyScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x80\x01\n\rWindowedCount\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gss/v1/signals.proto\x12\x06gss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"I\n\rWeightedColor\x12\x0b\n\x03red\x18\x01 \x01(\r\x12\r\n\x05green\x18\x02 \x01(\r\x12\x0c\n\x04\x62lue\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"7\n\x0e\x44ominantColors\x12%\n\x06\x63olors\x18\x01 \x03(\x0b\x32\x15.gss.v1.WeightedColor\"\x15\n\x05\x44Hash\x12\x0c\n\x04hash\x18\x01 \x01(\x06\"F\n\rNearDuplicate\x12\x1b\n\x13\x63\x61nonical_entity_id\x18\x01 \x01(\t\x12\x18\n\x10hamming_distance\x18\x02 \x01(\r\"B\n\x0bSafetyScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\\\n\x08TextLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02x0\x18\x02 \x01(\r\x12\n\n\x02y0\x18\x03 \x01(\r\x12\n\n\x02x1\x18\x04 \x01(\r\x12\n\n\x02y1\x18\x05 \x01(\r\x12\x12\n\nconfidence\x18\x06 \x01(\x02\"*\n\x07OcrText\x12\x1f\n\x05lines\x18\x01 \x03(\x0b\x32\x10.gss.v1.TextLine\"\x80\x01\n\rWindowedCount\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEARDUPLICATE']._serialized_end=319
   _globals['_SAFETYSCORE']._serialized_start=321
   _globals['_SAFETYSCORE']._serialized_end=387
-  _globals['_WINDOWEDCOUNT']._serialized_start=390
-  _globals['_WINDOWEDCOUNT']._serialized_end=518
+  _globals['_TEXTLINE']._serialized_start=389
+  _globals['_TEXTLINE']._serialized_end=481
+  _globals['_OCRTEXT']._serialized_start=483
+  _globals['_OCRTEXT']._serialized_end=525
+  _globals['_WINDOWEDCOUNT']._serialized_start=528
+  _globals['_WINDOWEDCOUNT']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

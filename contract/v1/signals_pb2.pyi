@@ -136,6 +136,58 @@ class SafetyScore(google.protobuf.message.Message):
 global___SafetyScore = SafetyScore
 
 @typing.final
+class TextLine(google.protobuf.message.Message):
+    """One line of text read in an image: its box in the image's pixels (x0, y0 inclusive; x1, y1
+    exclusive) and the recogniser's confidence (mean per-character probability, in [0, 1]).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: builtins.int
+    X0_FIELD_NUMBER: builtins.int
+    Y0_FIELD_NUMBER: builtins.int
+    X1_FIELD_NUMBER: builtins.int
+    Y1_FIELD_NUMBER: builtins.int
+    CONFIDENCE_FIELD_NUMBER: builtins.int
+    text: builtins.str
+    x0: builtins.int
+    y0: builtins.int
+    x1: builtins.int
+    y1: builtins.int
+    confidence: builtins.float
+    def __init__(
+        self,
+        *,
+        text: builtins.str = ...,
+        x0: builtins.int = ...,
+        y0: builtins.int = ...,
+        x1: builtins.int = ...,
+        y1: builtins.int = ...,
+        confidence: builtins.float = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["confidence", b"confidence", "text", b"text", "x0", b"x0", "x1", b"x1", "y0", b"y0", "y1", b"y1"]) -> None: ...
+
+global___TextLine = TextLine
+
+@typing.final
+class OcrText(google.protobuf.message.Message):
+    """images/ocr_text@1: the lines of text in an image, top to bottom, then left to right."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: builtins.int
+    @property
+    def lines(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___TextLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: collections.abc.Iterable[global___TextLine] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["lines", b"lines"]) -> None: ...
+
+global___OcrText = OcrText
+
+@typing.final
 class WindowedCount(google.protobuf.message.Message):
     """pins/save_count_1h@1 and other windowed counts: events in [window_start, window_end)."""
 

@@ -8,6 +8,7 @@ import signal as signals
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -209,6 +210,14 @@ def history_options(
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--images",
+    type=click.Choice(["photos", "shapes"]),
+    default="photos",
+    show_default=True,
+    help="photos: bundled photographs, rendered text and their near duplicates; "
+    "shapes: small synthetic 32x32 pictures.",
+)
+@click.option(
     "--jsonl",
     type=click.Path(dir_okay=False, allow_dash=True),
     default=None,
@@ -222,17 +231,18 @@ def compute_generate(
     duration: float | None,
     image_share: float,
     seed: int,
+    images: Literal["photos", "shapes"],
     jsonl: str | None,
     count: int,
 ) -> None:
-    """Produce synthetic content events (small images, pin engagement) to content.images and
-    content.pins, or write them as JSON lines for `gss signal test`."""
+    """Produce content events (images, pin engagement) to content.images and content.pins,
+    or write them as JSON lines for `gss signal test`."""
     from gss.local.generator import ContentGenerator, produce, write_jsonl
 
     if jsonl is not None:
         with click.open_file(jsonl, "w") as out:
             written = write_jsonl(
-                ContentGenerator(seed=seed).events(
+                ContentGenerator(seed=seed, images=images).events(
                     count, datetime.now(UTC), image_share=image_share
                 ),
                 out,
@@ -251,6 +261,7 @@ def compute_generate(
             duration_seconds=duration,
             image_share=image_share,
             seed=seed,
+            images=images,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

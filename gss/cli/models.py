@@ -70,7 +70,8 @@ def serve(cli: CliContext, duration: float | None, config_name: str | None) -> N
 def _sample_input(shape: tuple[int, ...], datatype: str) -> Any:
     from compute.triton.transport import numpy_dtype
 
-    dims = tuple(1 if d < 0 else d for d in shape)
+    # Variable dims get 32: big enough for convolutional models (ocr_det downsamples by 32).
+    dims = tuple(32 if d < 0 else d for d in shape)
     rng = np.random.default_rng(0)
     dtype = numpy_dtype(datatype)
     if dtype.kind in "ui":

@@ -340,6 +340,19 @@ class LocalTriton:
         """Stop the server (SIGTERM, SIGKILL after ``stop_timeout_seconds``); keeps the ports."""
         self._terminate()
 
+    def kill(self) -> None:
+        """SIGKILL the server process alone, as a crash or the OOM killer would: no drain,
+        open connections reset. Its orphaned Python-backend stubs are then reaped; the ports
+        are kept, so :meth:`start` brings it back where clients look for it."""
+        process = self._process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        log.warning("triton_killed", pid=process.pid)
+        self._terminate()
+
     def close(self) -> None:
         """Stop the server and remove its work directory (backend links, log)."""
         self._terminate()

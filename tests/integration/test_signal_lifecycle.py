@@ -35,7 +35,9 @@ def registry_with_dhash_v2(tmp_path: Path) -> Path:
     text = text.replace(
         "        description: 64-bit difference hash of the 9x8 greyscale thumbnail.\n", DHASH_V2
     )
-    text = text.replace("    partitions: 4\n", "    defaults: {dhash: 1}\n    partitions: 4\n", 1)
+    pins = "    defaults: {embedding: 1, safety_score: 1}\n"
+    assert pins in text
+    text = text.replace(pins, "    defaults: {embedding: 1, safety_score: 1, dhash: 1}\n", 1)
     path = tmp_path / "registry.yaml"
     path.write_text(text)
     return path
@@ -124,9 +126,7 @@ def test_add_backfill_promote_deprecate(tmp_path: Path) -> None:
             assert "dhash@2  [default]" in result.output
 
             # A file that does not load is refused; the running registry stays.
-            path.write_text(
-                path.read_text().replace("defaults: {dhash: 2}", "defaults: {dhash: 9}")
-            )
+            path.write_text(path.read_text().replace("dhash: 2}", "dhash: 9}"))
             assert not server.reload_registry()
             assert bare_version() == 2
     finally:

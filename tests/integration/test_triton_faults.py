@@ -160,6 +160,44 @@ def test_call_rides_out_a_restart_within_its_deadline(triton: LocalTriton) -> No
         client.close()
 
 
+def test_sigkill_mid_run_fails_in_flight_calls_then_the_same_client_recovers(
+    triton: LocalTriton,
+) -> None:
+    """kill -9 of tritonserver (no drain, connections reset) with calls in flight: every call
+    resolves -- served, or ModelUnavailableError after the client's retries, none hangs --
+    no stub is left behind, and the same client serves again once Triton restarts."""
+    image = sample_images(1, seed=23)[0]
+    client = ModelClient(
+        triton.http_url,
+        max_wait_seconds=0.002,
+        deadline_seconds=3.0,
+        max_attempts=3,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+    )
+    try:
+        client.infer(MODEL, image)
+        futures = [client.submit(MODEL, image) for _ in range(200)]
+        triton.kill()
+        for _ in range(50):  # the stubs get SIGKILL too: gone within moments, at most ~5 s
+            if not processes_mentioning(str(triton.model_repository)):
+                break
+            time.sleep(0.1)
+        assert processes_mentioning(str(triton.model_repository)) == []
+        late = [client.submit(MODEL, image) for _ in range(20)]
+        outcomes = [f.exception(timeout=30) for f in futures + late]
+        failed = [e for e in outcomes if e is not None]
+        assert all(isinstance(e, ModelUnavailableError) for e in failed), {repr(e) for e in failed}
+        assert all(e is not None for e in outcomes[-20:]), "calls after the kill must fail"
+        triton.start()
+        client.wait_ready([MODEL], timeout_seconds=60)
+        np.testing.assert_allclose(
+            client.infer(MODEL, image)["EMBEDDING"], reference_embedding(image), atol=1e-6
+        )
+    finally:
+        client.close()
+
+
 def test_model_that_fails_to_load_is_reported_and_nothing_is_left(tmp_path: Path) -> None:
     """A model whose initialize raises: TritonStartError quotes Triton's error, no process stays."""
     repo = repository_with(tmp_path, MODEL)

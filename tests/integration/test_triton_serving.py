@@ -162,7 +162,16 @@ def test_cli_check_calls_every_model_on_an_endpoint(triton: LocalTriton) -> None
     result = CliRunner().invoke(main, ["models", "check", "--url", triton.http_url, "--json"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert {row["model_name"] for row in rows} == {"image_embedding", "safety_classifier"}
+    assert {row["model_name"] for row in rows} == {
+        "efficientnet_lite0",
+        "image_embedding",
+        "ocr_cls",
+        "ocr_det",
+        "ocr_rec",
+        "ocr_text",
+        "open_nsfw",
+        "safety_classifier",
+    }
     assert all(row["ok"] and row["model_version"] == "1" for row in rows)
 
 

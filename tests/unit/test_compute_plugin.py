@@ -244,8 +244,11 @@ def test_loader_finds_plugins_in_files_and_packages(tmp_path: Path) -> None:
         "images/dhash@1",
         "images/dominant_colors@1",
         "images/embedding@1",
+        "images/embedding@2",
         "images/near_duplicate_of@1",
+        "images/ocr_text@1",
         "images/safety_score@1",
+        "images/safety_score@2",
         "pins/save_count_1h@1",
     ]
     with pytest.raises(InvalidArgumentError, match="does not exist"):

@@ -9,19 +9,12 @@ from click.testing import CliRunner
 from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
 from gss.cli import main as gss_cli
 
-EMBEDDING_V2 = """        inline_value: false
-      - name: embedding
-        version: 2  # the retrained model
-        value_type: gss.v1.Embedding
-"""
-
 
 def registry_with_v2(tmp_path: Path) -> Path:
-    """The example registry plus embedding@2, pinned at @1 (as an operator would add it)."""
-    text = DEFAULT_REGISTRY_PATH.read_text().replace("        inline_value: false\n", EMBEDDING_V2)
-    text = text.replace(
-        "    partitions: 4\n", "    defaults: {embedding: 1}\n    partitions: 4\n", 1
-    )
+    """A copy of the example registry: embedding@2 registered, bare names pinned at @1
+    (as an operator adds a version, before its backfill)."""
+    text = DEFAULT_REGISTRY_PATH.read_text()
+    assert "    defaults: {embedding: 1, safety_score: 1}\n" in text
     path = tmp_path / "registry.yaml"
     path.write_text(text)
     return path
@@ -41,14 +34,16 @@ def test_promote_then_deprecate_edit_only_the_pin_and_the_state(tmp_path: Path) 
     assert code == 0, out
     assert "bare 'embedding' was @1, is now @2" in out
     after = path.read_text()
-    assert after == before.replace("defaults: {embedding: 1}", "defaults: {embedding: 2}")
+    assert after == before.replace(
+        "defaults: {embedding: 1, safety_score: 1}", "defaults: {embedding: 2, safety_score: 1}"
+    )
 
     code, out = run("deprecate", "images/embedding@1", "--registry", str(path))
     assert code == 0, out
     galaxy = load_registry(path).galaxy("images")
     assert galaxy.signal("embedding").version == 2
     assert galaxy.deprecated_refs == {("embedding", 1)}
-    assert "# the retrained model" in path.read_text()  # comments survive
+    assert "# embedding@2 and safety_score@2 (the pretrained models)" in path.read_text()
     assert path.read_text().startswith("# The signal registry")
 
 
@@ -80,6 +75,6 @@ def test_dry_run_prints_a_diff_and_writes_nothing(tmp_path: Path) -> None:
     original = path.read_text()
     code, out = run("promote", "images/embedding@2", "--registry", str(path), "--dry-run")
     assert code == 0, out
-    assert "-    defaults: {embedding: 1}" in out
-    assert "+    defaults: {embedding: 2}" in out
+    assert "-    defaults: {embedding: 1, safety_score: 1}" in out
+    assert "+    defaults: {embedding: 2, safety_score: 1}" in out
     assert path.read_text() == original

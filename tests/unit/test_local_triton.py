@@ -24,8 +24,17 @@ REPOSITORY = EXAMPLE_MODEL_REPOSITORY
 
 
 def test_default_repository_holds_the_shipped_models() -> None:
-    """The settings' default repository is compute/models with both models."""
-    assert find_models(REPOSITORY) == ["image_embedding", "safety_classifier"]
+    """The settings' default repository is compute/models with every shipped model."""
+    assert find_models(REPOSITORY) == [
+        "efficientnet_lite0",
+        "image_embedding",
+        "ocr_cls",
+        "ocr_det",
+        "ocr_rec",
+        "ocr_text",
+        "open_nsfw",
+        "safety_classifier",
+    ]
 
 
 def test_missing_or_empty_repository_is_a_clear_error(tmp_path: Path) -> None:
