@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test unit lint typecheck imports proto proto-check bench clean env
+.PHONY: run test unit lint typecheck imports proto proto-check bench clean env browser
 
 env:
 	@bash scripts/bootstrap.sh
@@ -13,8 +13,12 @@ run: env
 	$(BIN)/gss run
 
 ## test: everything CI checks: generated code drift, ruff, mypy, import layering, the whole test suite
-test: env proto-check lint typecheck imports
+test: env browser proto-check lint typecheck imports
 	$(BIN)/pytest -q
+
+## browser: Debian's chromium and chromedriver, for the explorer page's test
+browser:
+	@bash scripts/browser.sh
 
 unit: env
 	$(BIN)/pytest -q -m "not integration"

@@ -376,6 +376,19 @@ class ClientSettings(BaseModel):
     token_file: Path | None = None
 
 
+class UiSettings(BaseModel):
+    """The signal explorer page (`gss ui`, docs/debugging.md): where it listens, and what it
+    shows. It reaches GSS through ``client.*``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # The GSS server's Prometheus endpoint, for ingest lag; None: the target's host and
+    # server.metrics_port.
+    metrics_url: str | None = None
+    recent_events: int = Field(default=50, ge=1, le=10_000)
+    dead_letter_seconds: float = Field(default=3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything GSS reads at start-up. See the module docstring for precedence."""
 
@@ -398,6 +411,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ from gss.cli import archive as archive
 from gss.cli import compute as compute
 from gss.cli import dlq as dlq
 from gss.cli import explain as explain
+from gss.cli import ui as ui
 from gss.cli import events as events
 from gss.cli import export as export
 from gss.cli import models as models
@@ -43,5 +44,6 @@ store.register(main)
 replay.register(main)
 dlq.register(main)
 explain.register(main)
+ui.register(main)
 
 __all__ = ["CliContext", "main", "pass_cli"]
