@@ -147,7 +147,8 @@ def read_letters(
                     )
                     continue
                 partition, offset = msg.partition(), msg.offset()
-                assert partition is not None and offset is not None  # a consumed record
+                assert partition is not None  # a consumed record has both
+                assert offset is not None
                 yield Letter(topic, partition, offset, msg.timestamp()[1], letter)
     finally:
         consumer.close()

@@ -7,14 +7,14 @@ import click
 from gss.cli import archive as archive
 from gss.cli import compute as compute
 from gss.cli import dlq as dlq
-from gss.cli import explain as explain
-from gss.cli import ui as ui
 from gss.cli import events as events
+from gss.cli import explain as explain
 from gss.cli import export as export
 from gss.cli import models as models
 from gss.cli import replay as replay
 from gss.cli import serving as serving
 from gss.cli import store as store
+from gss.cli import ui as ui
 from gss.cli.context import CliContext, pass_cli
 
 
