@@ -235,6 +235,8 @@ def dead_letter(
         entity_id=bound.codec.to_text(entity) if entity else "",
         event_time_ms=event_ms,
         failed_at_ms=now_ms(),
+        plugin=bound.code,
+        plugin_revision=bound.revision,
     )
     log.warning(
         "dead_letter",

@@ -55,6 +55,8 @@ def build(
     input_headers: Iterable[tuple[str, bytes]] = (),
     input_timestamp_ms: int | None = None,
     failed_at_ms: int | None = None,
+    plugin: str = "",
+    plugin_revision: str = "",
 ) -> dead_letter_pb2.DeadLetter:
     """A dead letter. ``error`` is the exception of the last attempt (its type name becomes
     ``error_type`` unless given) or a message; ``None`` values leave their fields unset (the
@@ -75,6 +77,8 @@ def build(
         input=input,
         producer=producer,
         input_headers=[DeadLetter.Header(key=k, value=v) for k, v in input_headers],
+        plugin=plugin,
+        plugin_revision=plugin_revision,
     )
     if signal is not None:
         letter.signal.CopyFrom(signal)

@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from contract.v1 import envelope_pb2 as gss_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gss/v1/dead_letter.proto\x12\x06gss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gss/v1/envelope.proto\"\xb2\x06\n\nDeadLetter\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.gss.v1.DeadLetter.Reason\x12\x0e\n\x06galaxy\x18\x02 \x01(\t\x12!\n\x06signal\x18\x03 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x13\n\x0binput_topic\x18\x08 \x01(\t\x12\r\n\x05input\x18\t \x01(\x0c\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfailed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x0c \x01(\t\x12\x1c\n\x0finput_partition\x18\r \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0cinput_offset\x18\x0e \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tinput_key\x18\x0f \x01(\x0cH\x02\x88\x01\x01\x12\x30\n\rinput_headers\x18\x10 \x03(\x0b\x32\x19.gss.v1.DeadLetter.Header\x12\x33\n\x0finput_timestamp\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xd7\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLUGIN_ERROR\x10\x01\x12\r\n\tBAD_INPUT\x10\x02\x12\x0e\n\nBAD_OUTPUT\x10\x03\x12\x0c\n\x08TOO_LATE\x10\x04\x12\t\n\x05\x45MPTY\x10\x05\x12\x0f\n\x0bUNDECODABLE\x10\x06\x12\x10\n\x0cWRONG_GALAXY\x10\x07\x12\x12\n\x0eUNKNOWN_SIGNAL\x10\x08\x12\x0e\n\nWRONG_TYPE\x10\t\x12\x12\n\x0eINVALID_RECORD\x10\n\x12\x10\n\x0cKEY_MISMATCH\x10\x0b\x42\x12\n\x10_input_partitionB\x0f\n\r_input_offsetB\x0c\n\n_input_keyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gss/v1/dead_letter.proto\x12\x06gss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gss/v1/envelope.proto\"\xdb\x06\n\nDeadLetter\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.gss.v1.DeadLetter.Reason\x12\x0e\n\x06galaxy\x18\x02 \x01(\t\x12!\n\x06signal\x18\x03 \x01(\x0b\x32\x11.gss.v1.SignalRef\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x13\n\x0binput_topic\x18\x08 \x01(\t\x12\r\n\x05input\x18\t \x01(\x0c\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfailed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x0c \x01(\t\x12\x1c\n\x0finput_partition\x18\r \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0cinput_offset\x18\x0e \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tinput_key\x18\x0f \x01(\x0cH\x02\x88\x01\x01\x12\x30\n\rinput_headers\x18\x10 \x03(\x0b\x32\x19.gss.v1.DeadLetter.Header\x12\x33\n\x0finput_timestamp\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06plugin\x18\x12 \x01(\t\x12\x17\n\x0fplugin_revision\x18\x13 \x01(\t\x1a$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xd7\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLUGIN_ERROR\x10\x01\x12\r\n\tBAD_INPUT\x10\x02\x12\x0e\n\nBAD_OUTPUT\x10\x03\x12\x0c\n\x08TOO_LATE\x10\x04\x12\t\n\x05\x45MPTY\x10\x05\x12\x0f\n\x0bUNDECODABLE\x10\x06\x12\x10\n\x0cWRONG_GALAXY\x10\x07\x12\x12\n\x0eUNKNOWN_SIGNAL\x10\x08\x12\x0e\n\nWRONG_TYPE\x10\t\x12\x12\n\x0eINVALID_RECORD\x10\n\x12\x10\n\x0cKEY_MISMATCH\x10\x0b\x42\x12\n\x10_input_partitionB\x0f\n\r_input_offsetB\x0c\n\n_input_keyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -24,9 +24,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contract.v1.dead_letter_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEADLETTER']._serialized_start=93
-  _globals['_DEADLETTER']._serialized_end=911
-  _globals['_DEADLETTER_HEADER']._serialized_start=606
-  _globals['_DEADLETTER_HEADER']._serialized_end=642
-  _globals['_DEADLETTER_REASON']._serialized_start=645
-  _globals['_DEADLETTER_REASON']._serialized_end=860
+  _globals['_DEADLETTER']._serialized_end=952
+  _globals['_DEADLETTER_HEADER']._serialized_start=647
+  _globals['_DEADLETTER_HEADER']._serialized_end=683
+  _globals['_DEADLETTER_REASON']._serialized_start=686
+  _globals['_DEADLETTER_REASON']._serialized_end=901
 # @@protoc_insertion_point(module_scope)

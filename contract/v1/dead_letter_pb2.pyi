@@ -136,6 +136,8 @@ class DeadLetter(google.protobuf.message.Message):
     INPUT_KEY_FIELD_NUMBER: builtins.int
     INPUT_HEADERS_FIELD_NUMBER: builtins.int
     INPUT_TIMESTAMP_FIELD_NUMBER: builtins.int
+    PLUGIN_FIELD_NUMBER: builtins.int
+    PLUGIN_REVISION_FIELD_NUMBER: builtins.int
     reason: global___DeadLetter.Reason.ValueType
     galaxy: builtins.str
     """The galaxy whose dead-letter topic this is on."""
@@ -167,6 +169,11 @@ class DeadLetter(google.protobuf.message.Message):
     input_offset: builtins.int
     input_key: builtins.bytes
     """The input record's Kafka key as read; unset when it had none (or no one input)."""
+    plugin: builtins.str
+    """compute: the plugin that gave up ("module:function") and its code revision, as a value's
+    envelope names them (docs/debugging.md); empty from the ingester.
+    """
+    plugin_revision: builtins.str
     @property
     def signal(self) -> contract.v1.envelope_pb2.SignalRef:
         """The signal the input was for: the plugin's (compute), the record's (ingester, when it
@@ -211,9 +218,11 @@ class DeadLetter(google.protobuf.message.Message):
         input_key: builtins.bytes | None = ...,
         input_headers: collections.abc.Iterable[global___DeadLetter.Header] | None = ...,
         input_timestamp: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        plugin: builtins.str = ...,
+        plugin_revision: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_input_key", b"_input_key", "_input_offset", b"_input_offset", "_input_partition", b"_input_partition", "event_time", b"event_time", "failed_at", b"failed_at", "input_key", b"input_key", "input_offset", b"input_offset", "input_partition", b"input_partition", "input_timestamp", b"input_timestamp", "signal", b"signal"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_input_key", b"_input_key", "_input_offset", b"_input_offset", "_input_partition", b"_input_partition", "attempts", b"attempts", "entity_id", b"entity_id", "error", b"error", "error_type", b"error_type", "event_time", b"event_time", "failed_at", b"failed_at", "galaxy", b"galaxy", "input", b"input", "input_headers", b"input_headers", "input_key", b"input_key", "input_offset", b"input_offset", "input_partition", b"input_partition", "input_timestamp", b"input_timestamp", "input_topic", b"input_topic", "producer", b"producer", "reason", b"reason", "signal", b"signal"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_input_key", b"_input_key", "_input_offset", b"_input_offset", "_input_partition", b"_input_partition", "attempts", b"attempts", "entity_id", b"entity_id", "error", b"error", "error_type", b"error_type", "event_time", b"event_time", "failed_at", b"failed_at", "galaxy", b"galaxy", "input", b"input", "input_headers", b"input_headers", "input_key", b"input_key", "input_offset", b"input_offset", "input_partition", b"input_partition", "input_timestamp", b"input_timestamp", "input_topic", b"input_topic", "plugin", b"plugin", "plugin_revision", b"plugin_revision", "producer", b"producer", "reason", b"reason", "signal", b"signal"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_input_key", b"_input_key"]) -> typing.Literal["input_key"] | None: ...
     @typing.overload

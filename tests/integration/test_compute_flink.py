@@ -584,6 +584,7 @@ def test_dead_letters_are_listed_and_redriven_once_after_a_fix(
     assert set(by_entity) == {"621", "622"}
     assert {by_entity[e]["reason"] for e in by_entity} == {"plugin_error", "bad_output"}
     assert all(re.fullmatch(r"test\.flaky/\d+:\d+", d["input_position"]) for d in listed)
+    assert {d["plugin"] for d in listed} == {"tests.compute_plugins:flaky"}
     stats = json.loads(gss("dlq", "stats", "tests", "--since", since, "--json"))
     assert stats["total"] >= 2
 

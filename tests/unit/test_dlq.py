@@ -80,6 +80,11 @@ def test_redrive_runs_the_plugin_on_the_letters_input_with_its_lineage() -> None
     garbage = redrive(redrivable(bound), _letter(input=b"\xff not an image").letter)
     assert garbage.failure is not None
     assert garbage.failure.reason == deadletter.Reason.BAD_INPUT
+    # A compute dead letter names the plugin and its revision, as a value's envelope does.
+    assert (garbage.failure.plugin, garbage.failure.plugin_revision) == (
+        "compute.examples.images.dhash:dhash",
+        bound.revision,
+    )
 
 
 def test_a_letter_is_answered_by_a_value_from_its_input_or_a_newer_one() -> None:
