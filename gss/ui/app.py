@@ -91,9 +91,11 @@ def _json_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+EXPLORER = web.AppKey("explorer", Explorer)
+
+
 def _explorer(request: web.Request) -> Explorer:
-    explorer: Explorer = request.app["explorer"]
-    return explorer
+    return request.app[EXPLORER]
 
 
 async def page(request: web.Request) -> web.Response:
@@ -145,7 +147,7 @@ async def api_dead_letters(request: web.Request) -> web.Response:
 def make_app(settings: Settings, target: str) -> web.Application:
     """The explorer's aiohttp application, reading GSS at ``target``."""
     app = web.Application()
-    app["explorer"] = Explorer(settings, target)
+    app[EXPLORER] = Explorer(settings, target)
     app.router.add_get("/", page)
     app.router.add_get("/api/galaxies", api_galaxies)
     app.router.add_get("/api/entity", api_entity)
