@@ -278,6 +278,10 @@ class ComputeSettings(BaseModel):
     # crashing plugin cannot take the caller down); "loopback" runs them in the calling
     # process (starts faster, shares its GIL).
     python_workers: Literal["process", "loopback"] = "process"
+    # The Python the TaskManagers run plugins with (local and remote modes); None: the
+    # interpreter that submits the job (right for a local cluster and for images built like
+    # deploy/flink's). Application mode takes the deployment's python.executable.
+    python_executable: str | None = None
     # Flink's Prometheus reporter port in local mode (0: no reporter).
     metrics_port: int = 9249
     # The Flink Kafka connector jars (`python -m compute.flink.jars`); None: ~/.cache/gss/flink-jars.

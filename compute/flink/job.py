@@ -93,10 +93,15 @@ def flink_configuration(settings: Settings) -> Configuration:
         # The connector jars travel with the job (uploaded to a remote cluster with it); in
         # application mode the image has them in /opt/flink/lib.
         jars = [*ensure_jars(compute.jars_dir), ensure_connectors(compute.jars_dir)]
+        if compute.mode == "remote":
+            # A session cluster has no Python runtime on its classpath (`flink run -py` adds
+            # the same jar from opt/ on submit).
+            jars.append(_flink_python_jar())
         values["pipeline.jars"] = ";".join(path.resolve().as_uri() for path in jars)
-    if compute.mode == "local":
-        values["python.executable"] = sys.executable
+    if compute.mode in ("local", "remote"):
+        values["python.executable"] = compute.python_executable or sys.executable
         values["python.client.executable"] = sys.executable
+    if compute.mode == "local":
         if compute.metrics_port:
             values["metrics.reporter.prom.factory.class"] = (
                 "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
@@ -114,6 +119,13 @@ def flink_configuration(settings: Settings) -> Configuration:
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
+
+
+def _flink_python_jar() -> Path:
+    import pyflink
+
+    (jar,) = (Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar")
+    return jar
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
@@ -164,7 +176,20 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
         gateway.own_session()
         if settings.compute.metrics_port:
             gateway.prepare_local()
-    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
+    conf = flink_configuration(settings)
+    if settings.compute.mode == "remote":
+        # get_execution_environment ignores execution.target outside the `flink` CLI and makes
+        # a local MiniCluster; Java's constructor picks the executor the target names (remote:
+        # the REST endpoint in rest.address/rest.port, with pipeline.jars uploaded).
+        gateway.own_session()
+        j_env = (
+            get_gateway().jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment(
+                conf._j_configuration
+            )
+        )
+        env = StreamExecutionEnvironment(j_env)
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.compute.parallelism)
     env.enable_checkpointing(int(settings.compute.checkpoint_interval_seconds * 1000))
     if settings.compute.mode == "local":

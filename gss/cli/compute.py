@@ -319,6 +319,38 @@ def compute_jars(cli: CliContext, directory: Path | None) -> None:
         click.echo(f"warning: {exc}", err=True)
 
 
+@compute.command("cluster")
+@click.option("--task-managers", type=int, default=2, show_default=True)
+@click.option("--slots", type=int, default=1, show_default=True, help="Slots per TaskManager.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("gss-data") / "flink-cluster",
+    show_default=True,
+    help="Configuration and logs.",
+)
+def compute_cluster(task_managers: int, slots: int, directory: Path) -> None:
+    """A local Flink standalone session cluster (a JobManager and TaskManagers as processes of
+    their own, from PyFlink's scripts) until Ctrl-C: run the job on it with
+    `gss compute run` and GSS_COMPUTE__MODE=remote GSS_COMPUTE__JOBMANAGER_ADDRESS=<printed>."""
+    from gss.local.flink_cluster import LocalFlinkCluster
+
+    stop = threading.Event()
+    for signum in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(signum, lambda *_: stop.set())
+    with LocalFlinkCluster(
+        directory.resolve(), task_managers=task_managers, slots=slots
+    ) as cluster:
+        click.echo(
+            f"Flink cluster: REST and web UI http://{cluster.rest_address} "
+            f"(GSS_COMPUTE__JOBMANAGER_ADDRESS={cluster.rest_address}); logs in "
+            f"{directory / 'log'}; Ctrl-C stops it",
+            err=True,
+        )
+        stop.wait()
+
+
 lifecycle.register(signal_group)
 signal_group.add_command(backfill.backfill)
 
