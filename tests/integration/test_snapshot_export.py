@@ -557,7 +557,8 @@ def test_duckdb_queries_fields_with_the_manifest_query(
 ) -> None:
     """The DuckDB query in the manifest reads the table (a real SQL engine): struct fields are
     queryable, dt stays a string, and a staging directory's files are not picked up."""
-    duckdb = pytest.importorskip("duckdb")
+    import duckdb  # a dev dependency: never skipped
+
     export_snapshot(registry, export_settings(tmp_path / "out"), store=filled_store, dt=DT)
     partition = tmp_path / "out" / "images" / "dominant_colors_v1" / f"dt={DT}"
     staging = partition.with_name(f"{layout.STAGING_PREFIX}dt={DT}-x")
