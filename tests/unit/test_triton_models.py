@@ -84,7 +84,9 @@ def test_shipped_weights_are_what_train_py_produces() -> None:
     for key in ("feature_mean", "feature_std", "weights"):
         np.testing.assert_allclose(fresh[key], shipped[key], atol=1e-6)
     assert fresh["bias"] == pytest.approx(shipped["bias"], abs=1e-6)
-    assert shipped["training"]["holdout_accuracy"] > 0.7
+    # Measured again now (train.py scores its own holdout), not read from the shipped file.
+    assert fresh["training"]["holdout_accuracy"] == shipped["training"]["holdout_accuracy"]
+    assert fresh["training"]["holdout_accuracy"] > 0.7
 
 
 def test_weights_for_other_features_are_refused(safety_model: ModuleType, tmp_path: Path) -> None:
