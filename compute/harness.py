@@ -240,7 +240,10 @@ class LocalHarness:
                 if window is None:
                     window = windows[(event.entity, start)] = _Window(group_by.aggregate.zero())
                 window.aggregate = group_by.aggregate.add(window.aggregate, extracted)
-                if window.fired:  # a late event within allowed lateness: fire again
+                # A late event within allowed lateness fires the window again; with early
+                # firing an open window writes its running value at once (Flink: within the
+                # early_firing interval).
+                if window.fired or group_by.early_firing is not None:
                     rows.extend(
                         execution.window_result(
                             bound, event.entity, window.aggregate, start, start + size, tally

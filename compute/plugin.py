@@ -239,12 +239,15 @@ class GroupBy(Generic[E, A]):
     A window's value is written when the watermark (newest event time seen minus the
     source's ``max_out_of_orderness``) passes its end. Events up to ``allowed_lateness``
     after that update the window and write it again; later ones are dead-lettered as
-    TOO_LATE.
+    TOO_LATE. With ``early_firing`` the open window's running value is also written at most
+    that long after an event changed it (live processing only: a run over history writes
+    final values only), under the same event time as the final one, which replaces it.
     """
 
     window: Tumbling | Sliding
     aggregate: Aggregation[E, A]
     allowed_lateness: timedelta = timedelta(0)
+    early_firing: timedelta | None = None
 
     def __post_init__(self) -> None:
         size = self.window.size
@@ -258,6 +261,12 @@ class GroupBy(Generic[E, A]):
             )
         if self.allowed_lateness < timedelta(0):
             raise InvalidArgumentError("allowed_lateness must not be negative")
+        if self.early_firing is not None and (
+            self.early_firing <= timedelta(0) or self.early_firing % timedelta(milliseconds=1)
+        ):
+            raise InvalidArgumentError(
+                f"early_firing {self.early_firing} must be a positive whole number of ms"
+            )
 
 
 # ---- joins -------------------------------------------------------------------------------

@@ -11,7 +11,19 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from compute import GroupBy, Inputs, Join, Plugin, Retry, Sliding, Source, Sum, WindowSpan, signal
+from compute import (
+    GroupBy,
+    Inputs,
+    Join,
+    Plugin,
+    Retry,
+    Sliding,
+    Source,
+    Sum,
+    Tumbling,
+    WindowSpan,
+    signal,
+)
 from contract.v1.content_pb2 import PinEngagementEvent
 from contract.v1.signals_pb2 import DHash, DominantColors
 
@@ -87,6 +99,22 @@ def sliding(total: float, window: WindowSpan) -> DHash:
     return DHash(hash=int(total) * 1_000_000 + window.start.hour * 60 + window.start.minute)
 
 
+@signal(
+    galaxy="tests",
+    name="early",
+    version=1,
+    source=source("test.early"),
+    group_by=GroupBy(
+        window=Tumbling(timedelta(hours=1)),
+        aggregate=Sum(of=lambda event: event.user_id),
+        early_firing=timedelta(milliseconds=200),
+    ),
+)
+def early(total: float, window: WindowSpan) -> DHash:
+    """Sum of user ids in an hour, readable while the hour is open; hash = sum."""
+    return DHash(hash=int(total))
+
+
 def crashing_plugin(marker: Path) -> Plugin:
     """A plugin that kills its Python worker the first time it sees user 666 (then writes as usual)."""
 
@@ -100,4 +128,4 @@ def crashing_plugin(marker: Path) -> Plugin:
     return crashy
 
 
-PLUGINS = [left, right, both, flaky, sliding]
+PLUGINS = [left, right, both, flaky, sliding, early]

@@ -389,12 +389,18 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
         else TumblingEventTimeWindows.of(size)
     )
     late_tag = OutputTag(f"late-{bound.ref}", Types.PICKLED_BYTE_ARRAY())
-    values = (
+    windows = (
         extracted.assign_timestamps_and_watermarks(watermarks)
         .filter(lambda item: item.extracted is not None)
         .key_by(lambda item: item.entity, key_type=Types.PICKLED_BYTE_ARRAY())
         .window(assigner)
-        .allowed_lateness(execution.millis(group_by.allowed_lateness))
+    )
+    if group_by.early_firing is not None and not settings.compute.reads_history:
+        # Live only: over history, processing-time firings would write arbitrary partial
+        # values, and a backfill must write the same values every time it runs.
+        windows = windows.trigger(ops.EarlyFiring(execution.millis(group_by.early_firing)))
+    values = (
+        windows.allowed_lateness(execution.millis(group_by.allowed_lateness))
         .side_output_late_data(late_tag)
         .aggregate(
             ops.WindowAggregate(bound),

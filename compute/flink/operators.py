@@ -30,6 +30,7 @@ from pyflink.datastream import (
 from pyflink.datastream.functions import AsyncFunction, KeySelector, MapFunction
 from pyflink.datastream.output_tag import OutputTag
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.window import TimeWindow, Trigger, TriggerResult
 
 from compute import execution
 from compute.binding import Bound
@@ -269,6 +270,48 @@ class Extract(ProcessFunction):  # type: ignore[misc]
         if event is not None and not rows:
             # Items with nothing to add still move the watermark; they are dropped after it.
             yield Item(event.entity, event.event_ms, extracted, payload, at)
+
+
+class EarlyFiring(Trigger):  # type: ignore[misc]
+    """Event-time windows that also fire while open: at most ``interval_ms`` of processing
+    time after an element changed the window, then once the watermark passes its end (and for
+    each late element within the allowed lateness), as Flink's EventTimeTrigger does."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self.pending = ValueStateDescriptor("early-firing-pending", Types.BOOLEAN())
+
+    def on_element(
+        self, element: Any, timestamp: int, window: TimeWindow, ctx: Trigger.TriggerContext
+    ) -> TriggerResult:
+        if window.max_timestamp() <= ctx.get_current_watermark():
+            return TriggerResult.FIRE
+        ctx.register_event_time_timer(window.max_timestamp())
+        pending = ctx.get_partitioned_state(self.pending)
+        if not pending.value():
+            ctx.register_processing_time_timer(ctx.get_current_processing_time() + self.interval_ms)
+            pending.update(True)
+        return TriggerResult.CONTINUE
+
+    def on_processing_time(
+        self, time: int, window: TimeWindow, ctx: Trigger.TriggerContext
+    ) -> TriggerResult:
+        ctx.get_partitioned_state(self.pending).clear()
+        if window.max_timestamp() <= ctx.get_current_watermark():
+            return TriggerResult.CONTINUE  # the event-time firing has written it already
+        return TriggerResult.FIRE
+
+    def on_event_time(
+        self, time: int, window: TimeWindow, ctx: Trigger.TriggerContext
+    ) -> TriggerResult:
+        return TriggerResult.FIRE if time == window.max_timestamp() else TriggerResult.CONTINUE
+
+    def on_merge(self, window: TimeWindow, ctx: Trigger.OnMergeContext) -> None:
+        raise AssertionError("tumbling and sliding windows never merge")
+
+    def clear(self, window: TimeWindow, ctx: Trigger.TriggerContext) -> None:
+        ctx.delete_event_time_timer(window.max_timestamp())
+        ctx.get_partitioned_state(self.pending).clear()
 
 
 class ItemTime(TimestampAssigner):  # type: ignore[misc]

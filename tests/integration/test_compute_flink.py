@@ -261,6 +261,25 @@ def test_windowed_counts_with_out_of_order_late_and_too_late_events(runner: Runn
     assert window_count(hour) == 5
 
 
+def test_early_firing_makes_an_open_windows_value_readable(runner: Runner) -> None:
+    """With early_firing an hour's running sum is readable while the hour is open (Flink:
+    within 200 ms of processing time; the harness: at once), follows each event, and the
+    final value at the hour's end is the full sum."""
+    pin_id = 88
+    hour = T0 + timedelta(days=3)
+    runner.send("test.early", [pin(pin_id, 5, hour + timedelta(minutes=1))], key=pin_key)
+    assert runner.wait_latest("tests", pin_id, "early@1") == DHash(hash=5)
+    runner.send("test.early", [pin(pin_id, 7, hour + timedelta(minutes=2))], key=pin_key)
+    assert runner.wait_latest("tests", pin_id, "early@1", lambda v: v.hash == 12) == DHash(hash=12)
+    # An event of the next hour closes this one (watermark past its end): the final value.
+    runner.send("test.early", [pin(pin_id, 1, hour + timedelta(hours=1, minutes=5))], key=pin_key)
+    runner.wait_for(
+        "the final value and the next hour's running one",
+        lambda: {v.hash for v in runner.values("tests", pin_id, "early@1")} >= {12, 1},
+    )
+    assert 12 in {v.hash for v in runner.values("tests", pin_id, "early@1")}
+
+
 def test_sliding_windows_sum_each_overlapping_window(runner: Runner) -> None:
     """A 10-minute window every 5 minutes: each event is in two windows, each window sums its own."""
     pin_id = 77
