@@ -572,3 +572,117 @@ def test_duckdb_queries_fields_with_the_manifest_query(
     assert dt_type == "VARCHAR"
     assert rows == 40
     assert colors == sum(n % 6 for n in range(40))
+
+
+def test_expired_and_after_dt_rows_are_flagged_and_counted(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """pins/save_count_1h has a 2-hour TTL: values older than that at snapshot time are kept
+    with expired = true; values whose event time is after D are kept and counted in the
+    manifest's rows_after_dt — both exactly as many as were written."""
+    from tests.snapshot_fixtures import example_records, write
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    day_end = datetime.combine(DT + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    times = {
+        "old": day_end - timedelta(hours=5),  # in D, 2h TTL long past at snapshot time
+        "fresh": now - timedelta(minutes=30),  # within its TTL
+        "late": now - timedelta(minutes=1),  # within its TTL too
+    }
+    with SignalStore(tmp_path / "store", list(registry.galaxies)) as store:
+        first = 0
+        for name, moment in times.items():
+            count = {"old": 3, "fresh": 2, "late": 4}[name]
+            write(
+                registry,
+                store,
+                example_records(
+                    registry,
+                    "pins",
+                    count,
+                    first=first,
+                    event_time=moment,
+                    signals=["save_count_1h"],
+                ),
+            )
+            first += count
+        result = export_snapshot(
+            registry, export_settings(tmp_path / "out"), store=store, dt=DT, galaxies=["pins"]
+        )
+    (partition,) = [p for p in result.partitions if p.signal == "save_count_1h"]
+    table = read_partition(partition.path)
+    expired = table.column("expired").to_pylist()
+    ttl = timedelta(hours=2)
+    expected_expired = sum(
+        n for name, n in (("old", 3), ("fresh", 2), ("late", 4)) if times[name] + ttl <= now
+    )
+    expected_after = sum(
+        n for name, n in (("old", 3), ("fresh", 2), ("late", 4)) if times[name] >= day_end
+    )
+    assert sum(expired) == expected_expired == 3
+    manifest = json.loads((partition.path / layout.MANIFEST).read_text())
+    assert manifest["expired_rows"] == expected_expired
+    assert manifest["rows_after_dt"] == expected_after
+    assert manifest["rows"] == table.num_rows == 9
+
+
+def test_readers_never_see_a_partial_partition_while_it_is_replaced(
+    tmp_path: Path, registry: Registry, filled_store: SignalStore
+) -> None:
+    """The date is exported again and again (with new values each time) while a reader lists
+    the live partition: every listing is a complete partition (_SUCCESS, manifest and every
+    part file it names); with renameat2's exchange the partition is never even missing."""
+    from contract.snapshot.layout import _exchange
+
+    settings = export_settings(tmp_path / "out")
+    first = export_snapshot(registry, settings, store=filled_store, dt=DT, galaxies=["images"])
+    live = next(p for p in first.partitions if p.signal == "embedding").path
+    probe_a, probe_b = tmp_path / "probe-a", tmp_path / "probe-b"
+    probe_a.mkdir()
+    probe_b.mkdir()
+    exchange = _exchange(probe_a, probe_b)
+    done = threading.Event()
+    seen = {"complete": 0, "missing": 0, "vanished": 0}
+    problems: list[str] = []
+
+    def read_continuously() -> None:
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                seen["missing"] += 1
+                continue
+            try:
+                names = set(os.listdir(fd))
+                if layout.SUCCESS not in names or layout.MANIFEST not in names:
+                    problems.append(f"incomplete listing: {sorted(names)}")
+                    continue
+                with open(os.open(layout.MANIFEST, os.O_RDONLY, dir_fd=fd)) as f:
+                    manifest = json.load(f)
+                wanted = {entry["name"] for entry in manifest["files"]}
+                if not wanted <= names:
+                    problems.append(f"manifest names {sorted(wanted - names)} not in the listing")
+                seen["complete"] += 1
+            except FileNotFoundError:
+                seen["vanished"] += 1  # the replaced directory was deleted under our fd
+            finally:
+                os.close(fd)
+
+    reader = threading.Thread(target=read_continuously, daemon=True)
+    reader.start()
+    for round_ in range(8):
+        write(
+            registry,
+            filled_store,
+            example_records(registry, "images", 3, first=5000 + 10 * round_, signals=["embedding"]),
+        )
+        export_snapshot(registry, settings, store=filled_store, dt=DT, galaxies=["images"])
+    done.set()
+    reader.join(10)
+    assert problems == []
+    assert seen["complete"] > 0
+    if exchange:
+        # With the exchange the live path always names a partition; only a replaced one, read
+        # through an open descriptor, can vanish.
+        assert seen["missing"] == 0, seen
