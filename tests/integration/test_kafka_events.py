@@ -217,21 +217,20 @@ def test_watch_signals_filters_resumes_and_starts_live(
         resumed_request = signal_service_pb2.WatchSignalsRequest(
             galaxy="images", signals=only_dhash.signals
         )
-        resumed_request.resume_after.extend(
-            [
-                signal_service_pb2.WatchPosition(
-                    partition=r.position.partition, offset=r.position.offset
-                )
-                for r in first[:1]
-            ]
+        # Six events over four partitions: some partition has two or more. Resume after that
+        # partition's first: its later events follow; partitions not listed start live.
+        by_partition: dict[int, list[signal_service_pb2.WatchSignalsResponse]] = {}
+        for r in first:
+            by_partition.setdefault(r.position.partition, []).append(r)
+        busiest = max(by_partition.values(), key=len)
+        assert len(busiest) >= 2
+        resumed_request.resume_after.append(
+            signal_service_pb2.WatchPosition(
+                partition=busiest[0].position.partition, offset=busiest[0].position.offset
+            )
         )
-        # Partitions not listed start live; the listed one continues after the position.
-        same_partition = [
-            r for r in first[1:] if r.position.partition == first[0].position.partition
-        ]
-        if same_partition:
-            again = _watch(server.address, resumed_request, len(same_partition))
-            assert [r.event.event_id for r in again] == [r.event.event_id for r in same_partition]
+        again = _watch(server.address, resumed_request, len(busiest) - 1)
+        assert [r.event.event_id for r in again] == [r.event.event_id for r in busiest[1:]]
         live = signal_service_pb2.WatchSignalsRequest(galaxy="images")
         with grpc.insecure_channel(server.address) as channel:
             call = SignalServiceStub(channel).WatchSignals(live, timeout=60)
