@@ -20,7 +20,17 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-AREAS = ("lookup", "events", "compute", "triton", "models", "export", "history", "security")
+AREAS = (
+    "lookup",
+    "events",
+    "compute",
+    "triton",
+    "models",
+    "export",
+    "history",
+    "security",
+    "cluster",
+)
 BENCH_DIR = Path(__file__).resolve().parent
 REPORT = BENCH_DIR / "report.json"
 

@@ -79,24 +79,39 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
     )
 
 
-def _options(tls: TlsSettings | None) -> list[tuple[str, object]]:
+def _options(tls: TlsSettings | None, retry: bool = True) -> list[tuple[str, object]]:
+    options = list(CHANNEL_OPTIONS)
+    if not retry:
+        # The caller fails over to another replica itself, at once.
+        options = [o for o in options if o[0] != "grpc.service_config"]
+        options = [
+            *(o for o in options if o[0] != "grpc.enable_retries"),
+            ("grpc.enable_retries", 0),
+        ]
     if tls is not None and tls.server_name:
-        return [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", tls.server_name)]
-    return list(CHANNEL_OPTIONS)
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
 
 
-def open_channel(target: str, tls: TlsSettings | None = None) -> grpc.Channel:
-    """A blocking channel to ``target``: TLS when ``tls`` is enabled, plaintext otherwise."""
+def open_channel(
+    target: str, tls: TlsSettings | None = None, *, retry: bool = True
+) -> grpc.Channel:
+    """A blocking channel to ``target``: TLS when ``tls`` is enabled, plaintext otherwise.
+    ``retry=False`` turns gRPC's own retries of UNAVAILABLE off (for callers that fail over)."""
     if tls is not None and tls.enabled:
-        return grpc.secure_channel(target, channel_credentials(tls), options=_options(tls))
-    return grpc.insecure_channel(target, options=_options(None))
+        return grpc.secure_channel(target, channel_credentials(tls), options=_options(tls, retry))
+    return grpc.insecure_channel(target, options=_options(None, retry))
 
 
-def open_aio_channel(target: str, tls: TlsSettings | None = None) -> grpc.aio.Channel:
+def open_aio_channel(
+    target: str, tls: TlsSettings | None = None, *, retry: bool = True
+) -> grpc.aio.Channel:
     """The asyncio form of :func:`open_channel`."""
     if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(target, channel_credentials(tls), options=_options(tls))
-    return grpc.aio.insecure_channel(target, options=_options(None))
+        return grpc.aio.secure_channel(
+            target, channel_credentials(tls), options=_options(tls, retry)
+        )
+    return grpc.aio.insecure_channel(target, options=_options(None, retry))
 
 
 def auth_metadata(token: str | None, tls: TlsSettings | None) -> Metadata:
@@ -233,9 +248,14 @@ def _chunks(ids: list[str], signals: Sequence[str], max_cells: int) -> list[list
 
 
 def _request(
-    galaxy: str, ids: list[str], refs: list[envelope_pb2.SignalRef]
+    galaxy: str,
+    ids: list[str],
+    refs: list[envelope_pb2.SignalRef],
+    min_positions: Sequence[envelope_pb2.ChangelogPosition] = (),
 ) -> signal_service_pb2.GetSignalsRequest:
-    return signal_service_pb2.GetSignalsRequest(galaxy=galaxy, entity_ids=ids, signals=refs)
+    return signal_service_pb2.GetSignalsRequest(
+        galaxy=galaxy, entity_ids=ids, signals=refs, min_positions=min_positions
+    )
 
 
 def _rows(
@@ -290,14 +310,19 @@ class GssClient:
         signals: Sequence[str],
         *,
         timeout: float | None = None,
+        min_positions: Sequence[envelope_pb2.ChangelogPosition] = (),
     ) -> list[EntityResult]:
-        """Values of ``signals`` for ``entity_ids``, one EntityResult per id in request order."""
+        """Values of ``signals`` for ``entity_ids``, one EntityResult per id in request order.
+
+        ``min_positions`` (an event's or a PutSignals result's changelog positions): answer only
+        from a server that has applied them (UNAVAILABLE from one that has not, after a brief
+        wait: docs/cluster.md, "Consistency")."""
         ids = [entity_text(e) for e in entity_ids]
         refs = [parse_signal_ref(s) for s in signals]
         rows: list[EntityResult] = []
         for chunk in _chunks(ids, signals, self.max_cells_per_call):
             response = self._stub.GetSignals(
-                _request(galaxy, chunk, refs),
+                _request(galaxy, chunk, refs, min_positions),
                 timeout=timeout or self.timeout,
                 metadata=self._metadata,
             )
@@ -312,14 +337,27 @@ class GssClient:
         timeout: float | None = None,
     ) -> list[int]:
         """Write records; returns a ``WriteOutcome`` per record, in order."""
-        outcomes: list[int] = []
+        return list(
+            self.put_response(records, wait_readable=wait_readable, timeout=timeout).outcomes
+        )
+
+    def put_response(
+        self,
+        records: Iterable[envelope_pb2.SignalRecord],
+        *,
+        wait_readable: bool = False,
+        timeout: float | None = None,
+    ) -> signal_service_pb2.PutSignalsResponse:
+        """Write records; the outcomes and (with a broker) the changelog position of each
+        record, in order: positions to read your writes with (``get(min_positions=...)``)."""
+        merged = signal_service_pb2.PutSignalsResponse()
         for request in _put_requests(records, self.max_records_per_call, wait_readable):
-            outcomes.extend(
-                self._stub.PutSignals(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata
-                ).outcomes
+            response = self._stub.PutSignals(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
             )
-        return outcomes
+            merged.outcomes.extend(response.outcomes)
+            merged.positions.extend(response.positions)
+        return merged
 
     def galaxies(self) -> list[signal_service_pb2.Galaxy]:
         return list(
@@ -334,6 +372,14 @@ class GssClient:
         return self._stub.DescribeGalaxy(
             signal_service_pb2.DescribeGalaxyRequest(galaxy=galaxy),
             timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    def cluster_map(self, *, timeout: float | None = None) -> signal_service_pb2.ClusterMap:
+        """The cluster map as the server knows it (docs/cluster.md)."""
+        return self._stub.DescribeCluster(
+            signal_service_pb2.DescribeClusterRequest(),
+            timeout=timeout or self.timeout,
             metadata=self._metadata,
         )
 
@@ -374,11 +420,12 @@ class AsyncGssClient:
         timeout: float = 5.0,
         max_cells_per_call: int = 10_000,
         max_records_per_call: int = 5_000,
+        channel: grpc.aio.Channel | None = None,
         tls: TlsSettings | None = None,
         token: str | None = None,
     ) -> None:
         self._metadata = auth_metadata(token, tls)
-        self._channel = open_aio_channel(target, tls)
+        self._channel = channel or open_aio_channel(target, tls)
         self._stub = cast("SignalServiceAsyncStub", SignalServiceStub(self._channel))
         self.timeout = timeout
         self.max_cells_per_call = max_cells_per_call
@@ -391,14 +438,16 @@ class AsyncGssClient:
         signals: Sequence[str],
         *,
         timeout: float | None = None,
+        min_positions: Sequence[envelope_pb2.ChangelogPosition] = (),
     ) -> list[EntityResult]:
+        """As :meth:`GssClient.get`."""
         ids = [entity_text(e) for e in entity_ids]
         refs = [parse_signal_ref(s) for s in signals]
         chunks = _chunks(ids, signals, self.max_cells_per_call)
         responses = await asyncio.gather(
             *(
                 self._stub.GetSignals(
-                    _request(galaxy, chunk, refs),
+                    _request(galaxy, chunk, refs, min_positions),
                     timeout=timeout or self.timeout,
                     metadata=self._metadata,
                 )
@@ -418,13 +467,25 @@ class AsyncGssClient:
         wait_readable: bool = False,
         timeout: float | None = None,
     ) -> list[int]:
-        outcomes: list[int] = []
+        response = await self.put_response(records, wait_readable=wait_readable, timeout=timeout)
+        return list(response.outcomes)
+
+    async def put_response(
+        self,
+        records: Iterable[envelope_pb2.SignalRecord],
+        *,
+        wait_readable: bool = False,
+        timeout: float | None = None,
+    ) -> signal_service_pb2.PutSignalsResponse:
+        """As :meth:`GssClient.put_response`."""
+        merged = signal_service_pb2.PutSignalsResponse()
         for request in _put_requests(records, self.max_records_per_call, wait_readable):
             response = await self._stub.PutSignals(
                 request, timeout=timeout or self.timeout, metadata=self._metadata
             )
-            outcomes.extend(response.outcomes)
-        return outcomes
+            merged.outcomes.extend(response.outcomes)
+            merged.positions.extend(response.positions)
+        return merged
 
     async def galaxies(self) -> list[signal_service_pb2.Galaxy]:
         response = await self._stub.ListGalaxies(

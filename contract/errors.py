@@ -17,3 +17,8 @@ class InvalidArgumentError(GssError, ValueError):
 
 class UnavailableError(GssError):
     """A dependency (broker, Triton, the store while closing) cannot serve now (UNAVAILABLE)."""
+
+
+class WrongNodeError(GssError):
+    """An entity this node does not host (a cluster node hosts some partitions only): the
+    message names the partition and the nodes that host it (gRPC FAILED_PRECONDITION)."""

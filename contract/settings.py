@@ -393,6 +393,55 @@ class UiSettings(BaseModel):
     dead_letter_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ClusterSettings(BaseModel):
+    """Scale-out serving (docs/cluster.md). The defaults are one node hosting every partition.
+
+    A cluster has ``nodes`` nodes (ordinals 0..nodes-1, a StatefulSet's pods) and ``replicas``
+    replicas of each changelog partition: partition p of every galaxy is hosted by nodes
+    ``p % nodes`` and the ``replicas - 1`` ordinals after it, wrapping
+    (:func:`contract.partitions.replica_nodes`). A node ingests only the partitions it hosts
+    and refuses lookups of entities on the others. Nodes announce themselves (address, hosted
+    partitions, applied positions, lag) on a Kafka topic, from which every node answers
+    DescribeCluster.
+    """
+
+    nodes: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    # This node's ordinal; None: the number after the last "-" of the host name (a
+    # StatefulSet pod, gss-3 -> 3), or 0 when the cluster has one node.
+    ordinal: int | None = Field(default=None, ge=0)
+    # host:port clients reach this node at (a pod's DNS name); None: server.host and the port
+    # the server bound.
+    advertised_address: str | None = None
+    # Where nodes announce themselves (a compacted topic keyed by node address).
+    announce_topic: str = "gss.cluster.nodes"
+    announce_interval_seconds: float = Field(default=1.0, gt=0)
+    # A node not heard from for this long is shown as down in the cluster map.
+    node_timeout_seconds: float = Field(default=5.0, gt=0)
+    # gRPC health is NOT_SERVING until every hosted partition has been read to its end once
+    # and is at most this many records behind.
+    max_ready_lag_records: int = Field(default=1000, ge=0)
+    # A GetSignals call naming minimum positions this node has not applied waits this long at
+    # most (within its deadline), then answers UNAVAILABLE so the client tries another replica.
+    min_position_wait_seconds: float = Field(default=0.5, ge=0)
+    # With more than one replica, the replicas of a partition elect its outbox publisher
+    # through these Kafka consumer groups (one per replica set: <group>-<p % nodes>).
+    publisher_group: str = "gss-outbox-publisher"
+    # Store backups (RocksDB checkpoints; docs/cluster.md, "Backups"): a directory or
+    # s3://bucket/prefix (endpoint and credentials: archive.s3_*). None: no backups.
+    backup_root: str | None = None
+    # A running node backs its store up this often (None: only `gss store backup`).
+    backup_interval_seconds: float | None = Field(default=None, gt=0)
+    # A node starting with no store restores the latest backup first, then catches up from
+    # the changelog at the backup's offsets (instead of replaying all history).
+    seed_from_backup: bool = True
+
+    @property
+    def clustered(self) -> bool:
+        """True when this node is one of several (or hosts less than every partition)."""
+        return self.nodes > 1
+
+
 class Settings(BaseSettings):
     """Everything GSS reads at start-up. See the module docstring for precedence."""
 
@@ -416,6 +465,7 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -38,6 +38,7 @@ from gss import metrics
 from gss.auth.authenticator import Authenticator
 from gss.auth.interceptor import GuardInterceptor
 from gss.auth.tls import server_credentials
+from gss.cluster.node import ClusterNode
 from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
 from store.db import SignalStore
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 STARTUP_TIMEOUT_SECONDS = 30.0
+# How often readiness (gRPC health) is checked against the changelog lag.
+READINESS_POLL_SECONDS = 0.2
 # How often a server checks its registry file for lifecycle changes (besides SIGHUP).
 REGISTRY_POLL_SECONDS = 5.0
 
@@ -87,6 +90,45 @@ class GssServer:
     # The plaintext health-only port (server.health_port), when configured.
     health_grpc_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    # This node's place in the cluster (the single-node default hosts every partition).
+    cluster: ClusterNode | None = None
+    _serving: bool = False
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        async def apply() -> None:
+            for name in ("", SERVICE):
+                await self.health.set(name, status)
+
+        asyncio.run_coroutine_threadsafe(apply(), self.loop).result(timeout=5)
+        self._serving = serving
+        if self.cluster is not None:
+            self.cluster.set_serving(serving)
+
+    def _follow_readiness(self, interval: float) -> None:
+        # NOT_SERVING until caught up with the changelog within cluster.max_ready_lag_records.
+        assert self.cluster is not None
+        while not self._stopped.wait(interval):
+            ready = self.cluster.ready()
+            if ready == self._serving:
+                continue
+            try:
+                self._set_serving(ready)
+            except (RuntimeError, TimeoutError):
+                return  # the loop stopped: the server is stopping
+            log.info(
+                "readiness_changed",
+                serving=ready,
+                changelog_partitions=[
+                    f"{p.galaxy}:{p.partition} lag {p.lag_records}"
+                    for p in self.cluster.announcement().partitions
+                ],
+            )
 
     def reload_registry(self) -> bool:
         """Reload the registry file and adopt its lifecycle changes (pins, states, descriptions).
@@ -192,7 +234,9 @@ async def _health_only_server(
     return server, bound
 
 
-async def _build_grpc_server(settings: Settings, service: SignalService) -> _Built:
+async def _build_grpc_server(
+    settings: Settings, service: SignalService, *, serving: bool = True
+) -> _Built:
     server_settings = settings.server
     # Every call passes the one interceptor: decoding, authentication, permissions, per-caller
     # concurrency, the deadline cap (gss.auth.interceptor).
@@ -224,9 +268,15 @@ async def _build_grpc_server(settings: Settings, service: SignalService) -> _Bui
         built.health_server, built.health_port = await _health_only_server(
             server_settings.host, server_settings.health_port, health_servicer
         )
-    # SERVING only now: the store is open and the registry loaded (Kubernetes grpc probes).
+    # SERVING only now: the store is open and the registry loaded (Kubernetes grpc probes);
+    # with a changelog, only once it has caught up (GssServer._follow_readiness).
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
     return built
 
 
@@ -238,6 +288,43 @@ def open_store(settings: Settings, registry: Registry) -> SignalStore:
         sync_writes=settings.store.sync_writes,
         block_cache_bytes=settings.store.block_cache_bytes,
     )
+
+
+def seed_store(settings: Settings, registry: Registry) -> None:
+    """A node with no store yet (new, or wiped) restores the latest backup first, when
+    ``cluster.backup_root`` is set: it then catches up from the changelog at the backup's
+    offsets instead of replaying all history (docs/cluster.md, "Backups")."""
+    cluster = settings.cluster
+    if (
+        not cluster.backup_root
+        or not cluster.seed_from_backup
+        or not settings.kafka.bootstrap_servers
+        or (Path(settings.store.path) / "CURRENT").exists()
+    ):
+        return
+    from gss.cluster.backup import backup_root, restore_backup
+    from gss.cluster.layout import NodeLayout
+
+    ordinal = NodeLayout.from_settings(cluster).ordinal
+    restored = restore_backup(
+        backup_root(settings), Path(settings.store.path), list(registry.galaxies), ordinal
+    )
+    if restored is None:
+        log.info("store_seed_skipped", reason="no backup yet", backup_root=cluster.backup_root)
+
+
+def _back_up_periodically(server: GssServer, interval: float) -> None:
+    from gss.cluster.backup import backup_root, take_backup
+
+    assert server.cluster is not None
+    root = backup_root(server.settings)
+    while not server._stopped.wait(interval):
+        try:
+            take_backup(
+                server.store, root, server.cluster.layout.ordinal, list(server.registry.galaxies)
+            )
+        except Exception:
+            log.exception("store_backup_failed", action=f"trying again in {interval:.0f} s")
 
 
 def start_server(
@@ -262,28 +349,45 @@ def start_server(
     registry_path = None if registry is not None else Path(settings.registry_path)
     registry_state = _file_state(registry_path) if registry_path is not None else None
     registry = registry or load_registry(settings.registry_path)
+    if store is None:
+        seed_store(settings, registry)
     store = store or open_store(settings, registry)
     key_lengths = {galaxy.name: galaxy.codec.length for galaxy in registry}
     store.on_apply = functools.partial(
         metrics.record_apply, key_lengths=key_lengths, registry=registry
     )
+    try:
+        cluster = ClusterNode(settings, registry)
+    except GssError:
+        store.close()
+        raise
     events = None
     if changelog is None and settings.kafka.bootstrap_servers:
         from gss.kafka.events_runtime import EventsRuntime
 
+        hosted = None if cluster.layout.hosts_everything else cluster.hosted
         try:
-            events = EventsRuntime(settings, registry, store).start()
+            events = EventsRuntime(
+                settings, registry, store, hosted=hosted, ordinal=cluster.layout.ordinal
+            ).start()
         except Exception:
             store.close()
             raise
         changelog, watch = events.writer, events.watch
-    service = SignalService(registry, store, server_settings, changelog, watch)
+        cluster.attach(events.ingester, events.election)
+    elif not cluster.layout.hosts_everything:
+        store.close()
+        raise GssError(
+            f"cluster.nodes is {cluster.layout.nodes}: a node of a cluster materialises its "
+            "partitions from the changelog, so it needs kafka.bootstrap_servers"
+        )
+    service = SignalService(registry, store, server_settings, changelog, watch, cluster)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gss-grpc", daemon=True)
     thread.start()
     try:
         built = asyncio.run_coroutine_threadsafe(
-            _build_grpc_server(settings, service), loop
+            _build_grpc_server(settings, service, serving=events is None), loop
         ).result(timeout=STARTUP_TIMEOUT_SECONDS)
     except Exception as exc:
         loop.call_soon_threadsafe(loop.stop)
@@ -335,7 +439,27 @@ def start_server(
         _registry_state=registry_state,
         health_grpc_server=built.health_server,
         health_port=built.health_port,
+        cluster=cluster,
+        _serving=events is None,
     )
+    cluster.set_serving(events is None)
+    cluster.bound(server.address)
+    server.on_stop.append(cluster.stop)
+    backup_interval = settings.cluster.backup_interval_seconds
+    if backup_interval is not None and settings.cluster.backup_root:
+        threading.Thread(
+            target=_back_up_periodically,
+            args=(server, backup_interval),
+            name="gss-backup",
+            daemon=True,
+        ).start()
+    if events is not None:
+        threading.Thread(
+            target=server._follow_readiness,
+            args=(READINESS_POLL_SECONDS,),
+            name="gss-readiness",
+            daemon=True,
+        ).start()
     if server_settings.auth.policy_file is not None and not server_settings.tls.enabled:
         log.warning(
             "access_control_without_tls",

@@ -12,19 +12,26 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
 from google.protobuf.message import Message
 
-from contract.errors import GssError, InvalidArgumentError, NotFoundError, UnavailableError
+from contract.errors import (
+    GssError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    WrongNodeError,
+)
 from contract.registry import GalaxySpec, Registry, SignalState
 from contract.settings import ServerSettings
 from contract.v1 import envelope_pb2, signal_service_pb2
 from gss import metrics, reads
 from gss.auth.identity import CURRENT_CALLER, Permission
+from gss.cluster.node import ClusterNode
 from gss.writes import check_event_times, to_writes
 from store.db import SignalStore
 
@@ -35,6 +42,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (WrongNodeError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 # Calls slower than this are logged at INFO; the rest at DEBUG (a log line per lookup would
 # cost more than the lookup).
@@ -134,12 +142,14 @@ class SignalService:
         settings: ServerSettings,
         changelog: ChangelogWriter | None = None,
         watch: WatchSource | None = None,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self.changelog = changelog
         self.watch = watch
+        self.cluster = cluster
 
     def galaxy_label(self, name: str) -> str:
         return name if name in self.registry.galaxies else "unknown"
@@ -165,6 +175,13 @@ class SignalService:
                 specs.append(galaxy.signal(ref.name, ref.version))
             except NotFoundError as exc:
                 raise NotFoundError(f"signals[{j}]: {exc}") from None
+        if self.cluster is not None:
+            if not self.cluster.layout.hosts_everything:
+                self.cluster.check_hosted(
+                    galaxy, galaxy.codec.many_to_bytes(request.entity_ids), "entity_ids"
+                )
+            if request.min_positions:
+                await self._wait_positions(request.min_positions, context)
         if galaxy.deprecated_refs:
             metrics.count_deprecated_lookups(galaxy, specs, len(request.entity_ids))
         body, counts = reads.lookup(self.store, galaxy, request.entity_ids, specs)
@@ -174,6 +191,40 @@ class SignalService:
         if counts.expired:
             metrics.LOOKUP_CELLS.labels(galaxy.name, "expired").inc(counts.expired)
         return body
+
+    async def _wait_positions(
+        self,
+        positions: Sequence[envelope_pb2.ChangelogPosition],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Read after event: wait (briefly, on the loop) until ``positions`` are applied here."""
+        assert self.cluster is not None
+        if self.cluster.applied(positions):
+            return
+        wait = self.cluster.settings.cluster.min_position_wait_seconds
+        left = context.time_remaining()
+        if left is not None:
+            wait = min(wait, max(0.0, left - 0.05))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            if self.cluster.applied(positions):
+                return
+        behind = ", ".join(f"{p.topic}:{p.partition}:{p.offset}" for p in positions[:3])
+        raise UnavailableError(
+            f"this replica ({self.cluster.address}) has not applied min_positions ({behind}) "
+            f"within {wait:.2f} s: try another replica of the partition"
+        )
+
+    @_rpc("DescribeCluster")
+    async def DescribeCluster(
+        self,
+        request: signal_service_pb2.DescribeClusterRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> signal_service_pb2.ClusterMap:
+        if self.cluster is None:
+            raise UnavailableError("this server has no cluster view")
+        return self.cluster.describe()
 
     @_rpc("PutSignals", always_log=True)
     async def PutSignals(
@@ -322,6 +373,11 @@ class SignalService:
                 self.DescribeGalaxy,
                 request_deserializer=pb.DescribeGalaxyRequest.FromString,
                 response_serializer=pb.Galaxy.SerializeToString,
+            ),
+            "DescribeCluster": grpc.unary_unary_rpc_method_handler(
+                self.DescribeCluster,
+                request_deserializer=pb.DescribeClusterRequest.FromString,
+                response_serializer=pb.ClusterMap.SerializeToString,
             ),
             "WatchSignals": grpc.unary_stream_rpc_method_handler(
                 self.WatchSignals,

@@ -14,51 +14,62 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from contract.v1 import envelope_pb2 as gss_dot_v1_dot_envelope__pb2
 from contract.v1 import events_pb2 as gss_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgss/v1/signal_service.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x15gss/v1/envelope.proto\x1a\x13gss/v1/events.proto\"[\n\x11GetSignalsRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12\"\n\x07signals\x18\x03 \x03(\x0b\x32\x11.gss.v1.SignalRef\"\x8a\x01\n\nSignalCell\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.gss.v1.CellStatus\x12\x0f\n\x07version\x18\x02 \x01(\r\x12#\n\x05value\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x10.gss.v1.Envelope\"2\n\rEntitySignals\x12!\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x12.gss.v1.SignalCell\"=\n\x12GetSignalsResponse\x12\'\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x15.gss.v1.EntitySignals\"Q\n\x11PutSignalsRequest\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.gss.v1.SignalRecord\x12\x15\n\rwait_readable\x18\x02 \x01(\x08\"j\n\x12PutSignalsResponse\x12&\n\x08outcomes\x18\x01 \x03(\x0e\x32\x14.gss.v1.WriteOutcome\x12,\n\tpositions\x18\x02 \x03(\x0b\x32\x19.gss.v1.ChangelogPosition\"\x15\n\x13ListGalaxiesRequest\"8\n\x14ListGalaxiesResponse\x12 \n\x08galaxies\x18\x01 \x03(\x0b\x32\x0e.gss.v1.Galaxy\"\'\n\x15\x44\x65scribeGalaxyRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\"\xc6\x01\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nvalue_type\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x14\n\x0cinline_value\x18\x06 \x01(\x08\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\"\n\x05state\x18\x08 \x01(\x0e\x32\x13.gss.v1.SignalState\"\x86\x01\n\x06Galaxy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08key_type\x18\x02 \x01(\t\x12\x12\n\nkey_length\x18\x03 \x01(\r\x12\x12\n\npartitions\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1f\n\x07signals\x18\x06 \x03(\x0b\x32\x0e.gss.v1.Signal\"\x8e\x01\n\x13WatchSignalsRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\"\n\x07signals\x18\x02 \x03(\x0b\x32\x11.gss.v1.SignalRef\x12+\n\x0cresume_after\x18\x03 \x03(\x0b\x32\x15.gss.v1.WatchPosition\x12\x16\n\x0e\x66rom_beginning\x18\x04 \x01(\x08\"2\n\rWatchPosition\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"g\n\x14WatchSignalsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.gss.v1.SignalAvailable\x12\'\n\x08position\x18\x02 \x01(\x0b\x32\x15.gss.v1.WatchPosition*t\n\nCellStatus\x12\x1b\n\x17\x43\x45LL_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x45LL_STATUS_FOUND\x10\x01\x12\x19\n\x15\x43\x45LL_STATUS_NOT_FOUND\x10\x02\x12\x17\n\x13\x43\x45LL_STATUS_EXPIRED\x10\x03*\x89\x01\n\x0cWriteOutcome\x12\x1d\n\x19WRITE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15WRITE_OUTCOME_APPLIED\x10\x01\x12#\n\x1fWRITE_OUTCOME_SKIPPED_NOT_NEWER\x10\x02\x12\x1a\n\x16WRITE_OUTCOME_ACCEPTED\x10\x03*a\n\x0bSignalState\x12\x1c\n\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_STATE_ACTIVE\x10\x01\x12\x1b\n\x17SIGNAL_STATE_DEPRECATED\x10\x02\x32\xf2\x02\n\rSignalService\x12\x43\n\nGetSignals\x12\x19.gss.v1.GetSignalsRequest\x1a\x1a.gss.v1.GetSignalsResponse\x12\x43\n\nPutSignals\x12\x19.gss.v1.PutSignalsRequest\x1a\x1a.gss.v1.PutSignalsResponse\x12I\n\x0cListGalaxies\x12\x1b.gss.v1.ListGalaxiesRequest\x1a\x1c.gss.v1.ListGalaxiesResponse\x12?\n\x0e\x44\x65scribeGalaxy\x12\x1d.gss.v1.DescribeGalaxyRequest\x1a\x0e.gss.v1.Galaxy\x12K\n\x0cWatchSignals\x12\x1b.gss.v1.WatchSignalsRequest\x1a\x1c.gss.v1.WatchSignalsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgss/v1/signal_service.proto\x12\x06gss.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gss/v1/envelope.proto\x1a\x13gss/v1/events.proto\"\x8d\x01\n\x11GetSignalsRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12\"\n\x07signals\x18\x03 \x03(\x0b\x32\x11.gss.v1.SignalRef\x12\x30\n\rmin_positions\x18\x04 \x03(\x0b\x32\x19.gss.v1.ChangelogPosition\"\x8a\x01\n\nSignalCell\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.gss.v1.CellStatus\x12\x0f\n\x07version\x18\x02 \x01(\r\x12#\n\x05value\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x10.gss.v1.Envelope\"2\n\rEntitySignals\x12!\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x12.gss.v1.SignalCell\"=\n\x12GetSignalsResponse\x12\'\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x15.gss.v1.EntitySignals\"Q\n\x11PutSignalsRequest\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.gss.v1.SignalRecord\x12\x15\n\rwait_readable\x18\x02 \x01(\x08\"j\n\x12PutSignalsResponse\x12&\n\x08outcomes\x18\x01 \x03(\x0e\x32\x14.gss.v1.WriteOutcome\x12,\n\tpositions\x18\x02 \x03(\x0b\x32\x19.gss.v1.ChangelogPosition\"\x15\n\x13ListGalaxiesRequest\"8\n\x14ListGalaxiesResponse\x12 \n\x08galaxies\x18\x01 \x03(\x0b\x32\x0e.gss.v1.Galaxy\"\'\n\x15\x44\x65scribeGalaxyRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\"\xc6\x01\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nvalue_type\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x14\n\x0cinline_value\x18\x06 \x01(\x08\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\"\n\x05state\x18\x08 \x01(\x0e\x32\x13.gss.v1.SignalState\"\x86\x01\n\x06Galaxy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08key_type\x18\x02 \x01(\t\x12\x12\n\nkey_length\x18\x03 \x01(\r\x12\x12\n\npartitions\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1f\n\x07signals\x18\x06 \x03(\x0b\x32\x0e.gss.v1.Signal\"\x8e\x01\n\x13WatchSignalsRequest\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\"\n\x07signals\x18\x02 \x03(\x0b\x32\x11.gss.v1.SignalRef\x12+\n\x0cresume_after\x18\x03 \x03(\x0b\x32\x15.gss.v1.WatchPosition\x12\x16\n\x0e\x66rom_beginning\x18\x04 \x01(\x08\"2\n\rWatchPosition\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"g\n\x14WatchSignalsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.gss.v1.SignalAvailable\x12\'\n\x08position\x18\x02 \x01(\x0b\x32\x15.gss.v1.WatchPosition\"\x18\n\x16\x44\x65scribeClusterRequest\"w\n\x12GalaxyPartitioning\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x10\n\x08key_type\x18\x02 \x01(\t\x12\x12\n\nkey_length\x18\x03 \x01(\r\x12\x12\n\npartitions\x18\x04 \x01(\r\x12\x17\n\x0f\x63hangelog_topic\x18\x05 \x01(\t\"\x9a\x01\n\x10ReplicaPartition\x12\x0e\n\x06galaxy\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\x12\x12\n\nend_offset\x18\x04 \x01(\x03\x12\x13\n\x0blag_records\x18\x05 \x01(\x03\x12\x11\n\tcaught_up\x18\x06 \x01(\x08\x12\x12\n\npublishing\x18\x07 \x01(\x08\"\xdf\x01\n\x0b\x43lusterNode\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07ordinal\x18\x02 \x01(\x05\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x0c\n\x04live\x18\x04 \x01(\x08\x12,\n\npartitions\x18\x05 \x03(\x0b\x32\x18.gss.v1.ReplicaPartition\x12\x30\n\x0c\x61nnounced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcluster_nodes\x18\x07 \x01(\x05\x12\x18\n\x10\x63luster_replicas\x18\x08 \x01(\x05\"s\n\nClusterMap\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.gss.v1.ClusterNode\x12,\n\x08galaxies\x18\x02 \x03(\x0b\x32\x1a.gss.v1.GalaxyPartitioning\x12\x13\n\x0b\x61nswered_by\x18\x03 \x01(\t*t\n\nCellStatus\x12\x1b\n\x17\x43\x45LL_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x45LL_STATUS_FOUND\x10\x01\x12\x19\n\x15\x43\x45LL_STATUS_NOT_FOUND\x10\x02\x12\x17\n\x13\x43\x45LL_STATUS_EXPIRED\x10\x03*\x89\x01\n\x0cWriteOutcome\x12\x1d\n\x19WRITE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15WRITE_OUTCOME_APPLIED\x10\x01\x12#\n\x1fWRITE_OUTCOME_SKIPPED_NOT_NEWER\x10\x02\x12\x1a\n\x16WRITE_OUTCOME_ACCEPTED\x10\x03*a\n\x0bSignalState\x12\x1c\n\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_STATE_ACTIVE\x10\x01\x12\x1b\n\x17SIGNAL_STATE_DEPRECATED\x10\x02\x32\xb9\x03\n\rSignalService\x12\x43\n\nGetSignals\x12\x19.gss.v1.GetSignalsRequest\x1a\x1a.gss.v1.GetSignalsResponse\x12\x43\n\nPutSignals\x12\x19.gss.v1.PutSignalsRequest\x1a\x1a.gss.v1.PutSignalsResponse\x12I\n\x0cListGalaxies\x12\x1b.gss.v1.ListGalaxiesRequest\x1a\x1c.gss.v1.ListGalaxiesResponse\x12?\n\x0e\x44\x65scribeGalaxy\x12\x1d.gss.v1.DescribeGalaxyRequest\x1a\x0e.gss.v1.Galaxy\x12K\n\x0cWatchSignals\x12\x1b.gss.v1.WatchSignalsRequest\x1a\x1c.gss.v1.WatchSignalsResponse0\x01\x12\x45\n\x0f\x44\x65scribeCluster\x12\x1e.gss.v1.DescribeClusterRequest\x1a\x12.gss.v1.ClusterMapb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contract.v1.signal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CELLSTATUS']._serialized_start=1444
-  _globals['_CELLSTATUS']._serialized_end=1560
-  _globals['_WRITEOUTCOME']._serialized_start=1563
-  _globals['_WRITEOUTCOME']._serialized_end=1700
-  _globals['_SIGNALSTATE']._serialized_start=1702
-  _globals['_SIGNALSTATE']._serialized_end=1799
-  _globals['_GETSIGNALSREQUEST']._serialized_start=142
-  _globals['_GETSIGNALSREQUEST']._serialized_end=233
-  _globals['_SIGNALCELL']._serialized_start=236
-  _globals['_SIGNALCELL']._serialized_end=374
-  _globals['_ENTITYSIGNALS']._serialized_start=376
-  _globals['_ENTITYSIGNALS']._serialized_end=426
-  _globals['_GETSIGNALSRESPONSE']._serialized_start=428
-  _globals['_GETSIGNALSRESPONSE']._serialized_end=489
-  _globals['_PUTSIGNALSREQUEST']._serialized_start=491
-  _globals['_PUTSIGNALSREQUEST']._serialized_end=572
-  _globals['_PUTSIGNALSRESPONSE']._serialized_start=574
-  _globals['_PUTSIGNALSRESPONSE']._serialized_end=680
-  _globals['_LISTGALAXIESREQUEST']._serialized_start=682
-  _globals['_LISTGALAXIESREQUEST']._serialized_end=703
-  _globals['_LISTGALAXIESRESPONSE']._serialized_start=705
-  _globals['_LISTGALAXIESRESPONSE']._serialized_end=761
-  _globals['_DESCRIBEGALAXYREQUEST']._serialized_start=763
-  _globals['_DESCRIBEGALAXYREQUEST']._serialized_end=802
-  _globals['_SIGNAL']._serialized_start=805
-  _globals['_SIGNAL']._serialized_end=1003
-  _globals['_GALAXY']._serialized_start=1006
-  _globals['_GALAXY']._serialized_end=1140
-  _globals['_WATCHSIGNALSREQUEST']._serialized_start=1143
-  _globals['_WATCHSIGNALSREQUEST']._serialized_end=1285
-  _globals['_WATCHPOSITION']._serialized_start=1287
-  _globals['_WATCHPOSITION']._serialized_end=1337
-  _globals['_WATCHSIGNALSRESPONSE']._serialized_start=1339
-  _globals['_WATCHSIGNALSRESPONSE']._serialized_end=1442
-  _globals['_SIGNALSERVICE']._serialized_start=1802
-  _globals['_SIGNALSERVICE']._serialized_end=2172
+  _globals['_CELLSTATUS']._serialized_start=2175
+  _globals['_CELLSTATUS']._serialized_end=2291
+  _globals['_WRITEOUTCOME']._serialized_start=2294
+  _globals['_WRITEOUTCOME']._serialized_end=2431
+  _globals['_SIGNALSTATE']._serialized_start=2433
+  _globals['_SIGNALSTATE']._serialized_end=2530
+  _globals['_GETSIGNALSREQUEST']._serialized_start=176
+  _globals['_GETSIGNALSREQUEST']._serialized_end=317
+  _globals['_SIGNALCELL']._serialized_start=320
+  _globals['_SIGNALCELL']._serialized_end=458
+  _globals['_ENTITYSIGNALS']._serialized_start=460
+  _globals['_ENTITYSIGNALS']._serialized_end=510
+  _globals['_GETSIGNALSRESPONSE']._serialized_start=512
+  _globals['_GETSIGNALSRESPONSE']._serialized_end=573
+  _globals['_PUTSIGNALSREQUEST']._serialized_start=575
+  _globals['_PUTSIGNALSREQUEST']._serialized_end=656
+  _globals['_PUTSIGNALSRESPONSE']._serialized_start=658
+  _globals['_PUTSIGNALSRESPONSE']._serialized_end=764
+  _globals['_LISTGALAXIESREQUEST']._serialized_start=766
+  _globals['_LISTGALAXIESREQUEST']._serialized_end=787
+  _globals['_LISTGALAXIESRESPONSE']._serialized_start=789
+  _globals['_LISTGALAXIESRESPONSE']._serialized_end=845
+  _globals['_DESCRIBEGALAXYREQUEST']._serialized_start=847
+  _globals['_DESCRIBEGALAXYREQUEST']._serialized_end=886
+  _globals['_SIGNAL']._serialized_start=889
+  _globals['_SIGNAL']._serialized_end=1087
+  _globals['_GALAXY']._serialized_start=1090
+  _globals['_GALAXY']._serialized_end=1224
+  _globals['_WATCHSIGNALSREQUEST']._serialized_start=1227
+  _globals['_WATCHSIGNALSREQUEST']._serialized_end=1369
+  _globals['_WATCHPOSITION']._serialized_start=1371
+  _globals['_WATCHPOSITION']._serialized_end=1421
+  _globals['_WATCHSIGNALSRESPONSE']._serialized_start=1423
+  _globals['_WATCHSIGNALSRESPONSE']._serialized_end=1526
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1528
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1552
+  _globals['_GALAXYPARTITIONING']._serialized_start=1554
+  _globals['_GALAXYPARTITIONING']._serialized_end=1673
+  _globals['_REPLICAPARTITION']._serialized_start=1676
+  _globals['_REPLICAPARTITION']._serialized_end=1830
+  _globals['_CLUSTERNODE']._serialized_start=1833
+  _globals['_CLUSTERNODE']._serialized_end=2056
+  _globals['_CLUSTERMAP']._serialized_start=2058
+  _globals['_CLUSTERMAP']._serialized_end=2173
+  _globals['_SIGNALSERVICE']._serialized_start=2533
+  _globals['_SIGNALSERVICE']._serialized_end=2974
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ import google.protobuf.duration_pb2
 import google.protobuf.internal.containers
 import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
+import google.protobuf.timestamp_pb2
 import contract.v1.envelope_pb2
 import contract.v1.events_pb2
 import sys
@@ -96,6 +97,7 @@ class GetSignalsRequest(google.protobuf.message.Message):
     GALAXY_FIELD_NUMBER: builtins.int
     ENTITY_IDS_FIELD_NUMBER: builtins.int
     SIGNALS_FIELD_NUMBER: builtins.int
+    MIN_POSITIONS_FIELD_NUMBER: builtins.int
     galaxy: builtins.str
     @property
     def entity_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
@@ -103,14 +105,22 @@ class GetSignalsRequest(google.protobuf.message.Message):
 
     @property
     def signals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[contract.v1.envelope_pb2.SignalRef]: ...
+    @property
+    def min_positions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[contract.v1.envelope_pb2.ChangelogPosition]:
+        """Read after event / read your writes: answer only once this node has applied these
+        changelog positions (those of an event or a PutSignals result). A node behind waits
+        briefly, then answers UNAVAILABLE so that the client tries another replica.
+        """
+
     def __init__(
         self,
         *,
         galaxy: builtins.str = ...,
         entity_ids: collections.abc.Iterable[builtins.str] | None = ...,
         signals: collections.abc.Iterable[contract.v1.envelope_pb2.SignalRef] | None = ...,
+        min_positions: collections.abc.Iterable[contract.v1.envelope_pb2.ChangelogPosition] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entity_ids", b"entity_ids", "galaxy", b"galaxy", "signals", b"signals"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entity_ids", b"entity_ids", "galaxy", b"galaxy", "min_positions", b"min_positions", "signals", b"signals"]) -> None: ...
 
 global___GetSignalsRequest = GetSignalsRequest
 
@@ -423,3 +433,157 @@ class WatchSignalsResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["event", b"event", "position", b"position"]) -> None: ...
 
 global___WatchSignalsResponse = WatchSignalsResponse
+
+@typing.final
+class DescribeClusterRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+global___DescribeClusterRequest = DescribeClusterRequest
+
+@typing.final
+class GalaxyPartitioning(google.protobuf.message.Message):
+    """How the entities of one galaxy are spread: partition = (murmur2(entity bytes) & 0x7fffffff)
+    % partitions, the entity bytes being the canonical key (docs/cluster.md, "Routing").
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    GALAXY_FIELD_NUMBER: builtins.int
+    KEY_TYPE_FIELD_NUMBER: builtins.int
+    KEY_LENGTH_FIELD_NUMBER: builtins.int
+    PARTITIONS_FIELD_NUMBER: builtins.int
+    CHANGELOG_TOPIC_FIELD_NUMBER: builtins.int
+    galaxy: builtins.str
+    key_type: builtins.str
+    key_length: builtins.int
+    partitions: builtins.int
+    changelog_topic: builtins.str
+    def __init__(
+        self,
+        *,
+        galaxy: builtins.str = ...,
+        key_type: builtins.str = ...,
+        key_length: builtins.int = ...,
+        partitions: builtins.int = ...,
+        changelog_topic: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["changelog_topic", b"changelog_topic", "galaxy", b"galaxy", "key_length", b"key_length", "key_type", b"key_type", "partitions", b"partitions"]) -> None: ...
+
+global___GalaxyPartitioning = GalaxyPartitioning
+
+@typing.final
+class ReplicaPartition(google.protobuf.message.Message):
+    """One changelog partition as one replica has it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    GALAXY_FIELD_NUMBER: builtins.int
+    PARTITION_FIELD_NUMBER: builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: builtins.int
+    END_OFFSET_FIELD_NUMBER: builtins.int
+    LAG_RECORDS_FIELD_NUMBER: builtins.int
+    CAUGHT_UP_FIELD_NUMBER: builtins.int
+    PUBLISHING_FIELD_NUMBER: builtins.int
+    galaxy: builtins.str
+    partition: builtins.int
+    next_offset: builtins.int
+    """The next changelog offset this replica will apply (everything before it is applied);
+    -1 before it has applied or resumed anything.
+    """
+    end_offset: builtins.int
+    """The partition's end as the broker last reported it; -1 when not known yet."""
+    lag_records: builtins.int
+    """end_offset - next_offset (0 when not known)."""
+    caught_up: builtins.bool
+    """Whether this replica has read the partition to its end at least once since it started."""
+    publishing: builtins.bool
+    """Whether this replica publishes the partition's availability events (exactly one replica
+    of each partition does, elected through a Kafka consumer group; docs/cluster.md).
+    """
+    def __init__(
+        self,
+        *,
+        galaxy: builtins.str = ...,
+        partition: builtins.int = ...,
+        next_offset: builtins.int = ...,
+        end_offset: builtins.int = ...,
+        lag_records: builtins.int = ...,
+        caught_up: builtins.bool = ...,
+        publishing: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["caught_up", b"caught_up", "end_offset", b"end_offset", "galaxy", b"galaxy", "lag_records", b"lag_records", "next_offset", b"next_offset", "partition", b"partition", "publishing", b"publishing"]) -> None: ...
+
+global___ReplicaPartition = ReplicaPartition
+
+@typing.final
+class ClusterNode(google.protobuf.message.Message):
+    """One node as it announced itself (on the cluster topic) and as its peers last heard it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: builtins.int
+    ORDINAL_FIELD_NUMBER: builtins.int
+    SERVING_FIELD_NUMBER: builtins.int
+    LIVE_FIELD_NUMBER: builtins.int
+    PARTITIONS_FIELD_NUMBER: builtins.int
+    ANNOUNCED_AT_FIELD_NUMBER: builtins.int
+    CLUSTER_NODES_FIELD_NUMBER: builtins.int
+    CLUSTER_REPLICAS_FIELD_NUMBER: builtins.int
+    address: builtins.str
+    """host:port to call this node at."""
+    ordinal: builtins.int
+    serving: builtins.bool
+    """SERVING: caught up within the configured lag (the node's gRPC health says the same)."""
+    live: builtins.bool
+    """False when no announcement came within the node timeout (down, or cut off)."""
+    cluster_nodes: builtins.int
+    """The cluster shape this node was started with."""
+    cluster_replicas: builtins.int
+    @property
+    def partitions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ReplicaPartition]: ...
+    @property
+    def announced_at(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        address: builtins.str = ...,
+        ordinal: builtins.int = ...,
+        serving: builtins.bool = ...,
+        live: builtins.bool = ...,
+        partitions: collections.abc.Iterable[global___ReplicaPartition] | None = ...,
+        announced_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        cluster_nodes: builtins.int = ...,
+        cluster_replicas: builtins.int = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["announced_at", b"announced_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["address", b"address", "announced_at", b"announced_at", "cluster_nodes", b"cluster_nodes", "cluster_replicas", b"cluster_replicas", "live", b"live", "ordinal", b"ordinal", "partitions", b"partitions", "serving", b"serving"]) -> None: ...
+
+global___ClusterNode = ClusterNode
+
+@typing.final
+class ClusterMap(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: builtins.int
+    GALAXIES_FIELD_NUMBER: builtins.int
+    ANSWERED_BY_FIELD_NUMBER: builtins.int
+    answered_by: builtins.str
+    """The address of the node that answered."""
+    @property
+    def nodes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ClusterNode]: ...
+    @property
+    def galaxies(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___GalaxyPartitioning]: ...
+    def __init__(
+        self,
+        *,
+        nodes: collections.abc.Iterable[global___ClusterNode] | None = ...,
+        galaxies: collections.abc.Iterable[global___GalaxyPartitioning] | None = ...,
+        answered_by: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["answered_by", b"answered_by", "galaxies", b"galaxies", "nodes", b"nodes"]) -> None: ...
+
+global___ClusterMap = ClusterMap

@@ -64,6 +64,11 @@ class SignalServiceStub(object):
                 request_serializer=gss_dot_v1_dot_signal__service__pb2.WatchSignalsRequest.SerializeToString,
                 response_deserializer=gss_dot_v1_dot_signal__service__pb2.WatchSignalsResponse.FromString,
                 _registered_method=True)
+        self.DescribeCluster = channel.unary_unary(
+                '/gss.v1.SignalService/DescribeCluster',
+                request_serializer=gss_dot_v1_dot_signal__service__pb2.DescribeClusterRequest.SerializeToString,
+                response_deserializer=gss_dot_v1_dot_signal__service__pb2.ClusterMap.FromString,
+                _registered_method=True)
 
 
 class SignalServiceServicer(object):
@@ -102,6 +107,14 @@ class SignalServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeCluster(self, request, context):
+        """The cluster map: every node, the partitions it hosts, each replica's applied position
+        and lag (docs/cluster.md). Any node answers for the whole cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     servicer.WatchSignals,
                     request_deserializer=gss_dot_v1_dot_signal__service__pb2.WatchSignalsRequest.FromString,
                     response_serializer=gss_dot_v1_dot_signal__service__pb2.WatchSignalsResponse.SerializeToString,
+            ),
+            'DescribeCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCluster,
+                    request_deserializer=gss_dot_v1_dot_signal__service__pb2.DescribeClusterRequest.FromString,
+                    response_serializer=gss_dot_v1_dot_signal__service__pb2.ClusterMap.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class SignalService(object):
             '/gss.v1.SignalService/WatchSignals',
             gss_dot_v1_dot_signal__service__pb2.WatchSignalsRequest.SerializeToString,
             gss_dot_v1_dot_signal__service__pb2.WatchSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gss.v1.SignalService/DescribeCluster',
+            gss_dot_v1_dot_signal__service__pb2.DescribeClusterRequest.SerializeToString,
+            gss_dot_v1_dot_signal__service__pb2.ClusterMap.FromString,
             options,
             channel_credentials,
             insecure,

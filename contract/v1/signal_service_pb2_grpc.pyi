@@ -47,6 +47,14 @@ class SignalServiceStub:
     ]
     """A server stream of availability events, for clients without Kafka access."""
 
+    DescribeCluster: grpc.UnaryUnaryMultiCallable[
+        contract.v1.signal_service_pb2.DescribeClusterRequest,
+        contract.v1.signal_service_pb2.ClusterMap,
+    ]
+    """The cluster map: every node, the partitions it hosts, each replica's applied position
+    and lag (docs/cluster.md). Any node answers for the whole cluster.
+    """
+
 class SignalServiceAsyncStub:
     GetSignals: grpc.aio.UnaryUnaryMultiCallable[
         contract.v1.signal_service_pb2.GetSignalsRequest,
@@ -75,6 +83,14 @@ class SignalServiceAsyncStub:
         contract.v1.signal_service_pb2.WatchSignalsResponse,
     ]
     """A server stream of availability events, for clients without Kafka access."""
+
+    DescribeCluster: grpc.aio.UnaryUnaryMultiCallable[
+        contract.v1.signal_service_pb2.DescribeClusterRequest,
+        contract.v1.signal_service_pb2.ClusterMap,
+    ]
+    """The cluster map: every node, the partitions it hosts, each replica's applied position
+    and lag (docs/cluster.md). Any node answers for the whole cluster.
+    """
 
 class SignalServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -114,5 +130,15 @@ class SignalServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[contract.v1.signal_service_pb2.WatchSignalsResponse], collections.abc.AsyncIterator[contract.v1.signal_service_pb2.WatchSignalsResponse]]:
         """A server stream of availability events, for clients without Kafka access."""
+
+    @abc.abstractmethod
+    def DescribeCluster(
+        self,
+        request: contract.v1.signal_service_pb2.DescribeClusterRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[contract.v1.signal_service_pb2.ClusterMap, collections.abc.Awaitable[contract.v1.signal_service_pb2.ClusterMap]]:
+        """The cluster map: every node, the partitions it hosts, each replica's applied position
+        and lag (docs/cluster.md). Any node answers for the whole cluster.
+        """
 
 def add_SignalServiceServicer_to_server(servicer: SignalServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gss.cli import archive as archive
+from gss.cli import cluster as cluster
 from gss.cli import compute as compute
 from gss.cli import dlq as dlq
 from gss.cli import events as events
@@ -41,6 +42,7 @@ export.register(main)
 events.register(main)
 archive.register(main)
 store.register(main)
+cluster.register(main)
 replay.register(main)
 dlq.register(main)
 explain.register(main)

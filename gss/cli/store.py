@@ -1,4 +1,5 @@
-"""``gss store rebuild`` (a store again from the topic archive) and ``gss store verify``."""
+"""``gss store rebuild`` (a store again from the topic archive), ``gss store verify``, and
+``gss store backup`` / ``restore`` (RocksDB checkpoints: docs/cluster.md, "Backups")."""
 
 from __future__ import annotations
 
@@ -194,6 +195,82 @@ def verify(cli: CliContext, a: str, b: str, max_differences: int) -> None:
         b_store.close()
     if not ok:
         raise SystemExit(1)
+
+
+@store_group.command()
+@click.option("--store", "store_path", default=None, help="The store (settings: store.path).")
+@click.option(
+    "--to",
+    "root",
+    default=None,
+    help="Backup root: a directory or s3://bucket/prefix (settings: cluster.backup_root).",
+)
+@click.option(
+    "--ordinal", type=int, default=None, help="The node it belongs to (settings: cluster.ordinal)."
+)
+@pass_cli
+def backup(cli: CliContext, store_path: str | None, root: str | None, ordinal: int | None) -> None:
+    """Back a store up (a RocksDB checkpoint) to a directory or object store. For a store a
+    running server holds, set cluster.backup_interval_seconds on the server instead
+    (docs/cluster.md, "Backups")."""
+    from gss.cluster.backup import backup_root, take_backup
+
+    settings = cli.settings()
+    registry = cli.registry()
+    path = store_path or str(settings.store.path)
+    store = _open_existing(path, list(registry.galaxies))
+    try:
+        taken = take_backup(
+            store,
+            backup_root(settings, root),
+            ordinal if ordinal is not None else settings.cluster.ordinal or 0,
+            list(registry.galaxies),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    finally:
+        store.close()
+    click.echo(
+        f"backed up {path} to {taken.location}: {taken.files} files, {taken.size_bytes:,} bytes",
+        err=True,
+    )
+
+
+@store_group.command()
+@click.option("--store", "store_path", default=None, help="Restore into (settings: store.path).")
+@click.option(
+    "--from",
+    "root",
+    default=None,
+    help="Backup root: a directory or s3://bucket/prefix (settings: cluster.backup_root).",
+)
+@click.option(
+    "--ordinal",
+    type=int,
+    default=None,
+    help="Prefer this node's backups (settings: cluster.ordinal); else the latest of any node.",
+)
+@pass_cli
+def restore(cli: CliContext, store_path: str | None, root: str | None, ordinal: int | None) -> None:
+    """Restore the latest backup into an empty store directory; `serve` then catches up from
+    the changelog at the backup's offsets (a node with cluster.backup_root set does this by
+    itself when it starts without a store)."""
+    from gss.cluster.backup import backup_root, restore_backup
+
+    settings = cli.settings()
+    path = Path(store_path or settings.store.path)
+    try:
+        restored = restore_backup(
+            backup_root(settings, root),
+            path,
+            list(cli.registry().galaxies),
+            ordinal if ordinal is not None else settings.cluster.ordinal,
+        )
+    except (ValueError, FileExistsError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if restored is None:
+        raise click.ClickException("no complete backup found under the backup root")
+    click.echo(f"restored {restored.location} (node {restored.ordinal}) into {path}", err=True)
 
 
 def register(main: click.Group) -> None:

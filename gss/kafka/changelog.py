@@ -20,8 +20,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from contract import headers
-from contract.errors import UnavailableError
+from contract.errors import UnavailableError, WrongNodeError
 from contract.kafka import producer_config
+from contract.partitions import partition_of
 from contract.registry import Registry
 from contract.settings import KafkaSettings
 from contract.topics import TopicKind, position_of, topic_name
@@ -144,6 +145,8 @@ class ChangelogWriter:
         """
         deadline = time.monotonic() + (timeout_seconds or self.kafka.put_timeout_seconds + 5)
         to_writes(self.registry, records)  # the one validation; raises naming the bad record
+        if wait_readable:
+            self._check_hosted(records)
         pending = _Pending(len(records))
         with self._lock:
             producer = self._producer
@@ -173,6 +176,22 @@ class ChangelogWriter:
         else:
             outcomes = [signal_service_pb2.WRITE_OUTCOME_ACCEPTED for _ in records]
         return signal_service_pb2.PutSignalsResponse(outcomes=outcomes, positions=positions)
+
+    def _check_hosted(self, records: Sequence[envelope_pb2.SignalRecord]) -> None:
+        """wait_readable waits for this node's ingester: refuse records it will never apply."""
+        if self.ingester is None:
+            return
+        for i, record in enumerate(records):
+            galaxy = self.registry.galaxy(record.galaxy)
+            partition = partition_of(changelog_key(self.registry, record), galaxy.partitions)
+            topic = topic_name(self.kafka, TopicKind.CHANGELOG, record.galaxy)
+            if not self.ingester.hosts(topic, partition):
+                raise WrongNodeError(
+                    f"records[{i}] is on partition {partition} of galaxy {record.galaxy}, which "
+                    "this node does not host, so it cannot wait until the record is readable: "
+                    "send it to a node hosting the partition (clients.cluster.ClusterClient "
+                    "routes writes), or write without wait_readable"
+                )
 
     def _produce(
         self, producer: Producer, topic: str, key: bytes, value: bytes, callback: DeliveryCallback

@@ -12,6 +12,7 @@ what is in flight; anything unsent stays in the outbox for the next start.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import structlog
@@ -19,8 +20,9 @@ import structlog
 from contract.errors import UnavailableError
 from contract.registry import Registry
 from contract.settings import Settings
-from contract.topics import ensure_topics
+from contract.topics import TopicKind, ensure_topics, topic_name
 from gss.kafka.changelog import ChangelogWriter
+from gss.kafka.election import PublisherElection
 from gss.kafka.ingester import Ingester
 from gss.kafka.outbox import Outbox
 from gss.kafka.publisher import OutboxPublisher
@@ -33,7 +35,18 @@ log = structlog.get_logger(__name__)
 class EventsRuntime:
     """The ingester, the outbox publisher, the changelog writer and the watch source of a node."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: SignalStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: SignalStore,
+        *,
+        hosted: Mapping[str, Sequence[int]] | None = None,
+        ordinal: int = 0,
+    ) -> None:
+        """``hosted``: the changelog partitions this node ingests, per galaxy (None: all);
+        ``ordinal``: this node's (docs/cluster.md). With ``cluster.replicas`` above 1 the
+        replicas of each partition elect its outbox publisher (gss.kafka.election)."""
         if not settings.kafka.bootstrap_servers:
             raise UnavailableError(
                 "no Kafka broker configured: set kafka.bootstrap_servers (GSS_KAFKA__BOOTSTRAP_SERVERS) "
@@ -43,8 +56,20 @@ class EventsRuntime:
         self.registry = registry
         self.store = store
         self.outbox = Outbox(store, registry, self.kafka)
-        self.ingester = Ingester(store, registry, self.kafka, self.outbox)
-        self.publisher = OutboxPublisher(self.outbox, self.kafka, registry)
+        self.ingester = Ingester(store, registry, self.kafka, self.outbox, hosted=hosted)
+        self.election: PublisherElection | None = None
+        if settings.cluster.replicas > 1:
+            partitions = hosted or {g.name: list(range(g.partitions)) for g in registry}
+            self.election = PublisherElection(
+                self.kafka,
+                settings.cluster,
+                ordinal,
+                {
+                    topic_name(self.kafka, TopicKind.CHANGELOG, galaxy): parts
+                    for galaxy, parts in partitions.items()
+                },
+            )
+        self.publisher = OutboxPublisher(self.outbox, self.kafka, registry, self.election)
         self.watch = WatchSource(self.kafka, registry)
         self._writer: ChangelogWriter | None = None
 
@@ -64,6 +89,8 @@ class EventsRuntime:
                 ensure_topics(self.kafka, self.registry, timeout_seconds=5.0)
             except UnavailableError as exc:
                 log.warning("topics_unavailable", error=str(exc), action="the ingester retries")
+        if self.election is not None:
+            self.election.start()
         self.publisher.start()
         self.ingester.start()
         self._writer = ChangelogWriter(
@@ -92,6 +119,8 @@ class EventsRuntime:
             self._writer = None
         self.ingester.stop(timeout_seconds)
         self.publisher.stop(timeout_seconds / 2)
+        if self.election is not None:
+            self.election.stop(timeout_seconds / 2)
         log.info("events_runtime_stopped", outbox_entries=self.outbox.depth)
 
     def __enter__(self) -> EventsRuntime:

@@ -1,6 +1,7 @@
 """The changelog ingester: materialises each galaxy's changelog topic into the store.
 
-One consumer reads every partition of every galaxy's changelog with explicit ``assign()``
+One consumer reads every partition this node hosts (all of them, unless the node is one of a
+cluster: docs/cluster.md) of every galaxy's changelog with explicit ``assign()``
 (no consumer group: each GSS replica materialises its partitions on its own), starting from
 the offsets stored in RocksDB, not from offsets committed to Kafka. Each batch of records
 becomes ONE :meth:`gss.kafka.outbox.Outbox.apply_with_events` call: the values that win, their
@@ -11,6 +12,11 @@ that was committed: nothing applied twice, nothing skipped.
 Malformed records (undecodable, naming another galaxy, an unknown signal, a value of the wrong
 type, a Kafka key that is not the record's entity) become dead letters in the same batch, so
 their offsets advance with everything else and the partition never stalls.
+
+Readiness: a partition is *caught up* once the consumer has reached its end at least once
+since it was assigned (librdkafka's partition EOF); its lag is the end offset the broker
+reported in its last fetch response minus the next offset to apply (no extra round trip).
+:meth:`Ingester.caught_up` is what the server's gRPC health follows.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ from gss.writes import now_us, to_write
 from store.db import SignalStore, Write
 
 log = structlog.get_logger(__name__)
+# How often the per-partition end offsets (and the lag gauges) are refreshed.
+_LAG_REFRESH_SECONDS = 0.5
 
 
 class DeadLetter(Exception):
@@ -94,6 +102,21 @@ class IngestStats:
     skipped: int
     dead_lettered: int
     batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPartition:
+    """One changelog partition as this replica has it (a row of the cluster map)."""
+
+    galaxy: str
+    partition: int
+    # The next offset to apply (everything before it is applied); -1: nothing applied yet.
+    next_offset: int
+    # The partition's end from the last fetch response; -1: not known yet.
+    end_offset: int
+    lag: int
+    # Read to its end at least once since it was assigned.
+    caught_up: bool
 
 
 def stored_offsets(store: SignalStore, topic: str) -> dict[int, int]:
@@ -239,8 +262,15 @@ class Ingester:
     """A background thread materialising the changelogs of ``registry``'s galaxies."""
 
     def __init__(
-        self, store: SignalStore, registry: Registry, kafka: KafkaSettings, outbox: Outbox
+        self,
+        store: SignalStore,
+        registry: Registry,
+        kafka: KafkaSettings,
+        outbox: Outbox,
+        *,
+        hosted: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
+        """``hosted``: the partitions to ingest per galaxy name (None: every partition)."""
         self.store = store
         self.registry = registry
         self.kafka = kafka
@@ -251,6 +281,17 @@ class Ingester:
         self._applied_cond = threading.Condition()
         self._next: dict[tuple[str, int], int] = {}
         self._partitions: dict[str, int] = {}
+        self._hosted = (
+            None
+            if hosted is None
+            else {
+                topic_name(kafka, TopicKind.CHANGELOG, galaxy): set(partitions)
+                for galaxy, partitions in hosted.items()
+            }
+        )
+        self._assigned: list[tuple[str, int]] = []
+        self._end: dict[tuple[str, int], int] = {}
+        self._eof: set[tuple[str, int]] = set()
         self.ready = threading.Event()
         self._counts: Counter[str] = Counter()
 
@@ -277,6 +318,47 @@ class Ingester:
             self._thread.join(timeout_seconds)
             self._thread = None
 
+    def replica_partitions(self) -> list[ReplicaPartition]:
+        """Each assigned partition's applied position, end and lag, in (galaxy, partition) order."""
+        with self._applied_cond:
+            rows = []
+            for topic, partition in self._assigned:
+                next_offset = self._next.get((topic, partition), -1)
+                end = self._end.get((topic, partition), -1)
+                lag = max(0, end - max(next_offset, 0)) if end >= 0 else 0
+                rows.append(
+                    ReplicaPartition(
+                        self._galaxy_of[topic].name,
+                        partition,
+                        next_offset,
+                        end,
+                        lag,
+                        (topic, partition) in self._eof,
+                    )
+                )
+        return sorted(rows, key=lambda r: (r.galaxy, r.partition))
+
+    def caught_up(self, max_lag_records: int) -> bool:
+        """True once every assigned partition was read to its end since it was assigned and is
+        at most ``max_lag_records`` behind the end the broker last reported."""
+        if not self.ready.is_set():
+            return False
+        return all(r.caught_up and r.lag <= max_lag_records for r in self.replica_partitions())
+
+    def hosts(self, topic: str, partition: int) -> bool:
+        """Whether this ingester materialises ``partition`` of ``topic``."""
+        return self._hosted is None or partition in self._hosted.get(topic, ())
+
+    def applied(self, positions: Iterable[envelope_pb2.ChangelogPosition]) -> bool:
+        """Whether every given changelog position this ingester materialises (its topics, its
+        hosted partitions; others are no concern of this node's) is applied or skipped here."""
+        with self._applied_cond:
+            return all(
+                self._next.get((p.topic, p.partition), 0) > p.offset
+                for p in positions
+                if p.topic in self._galaxy_of and self.hosts(p.topic, p.partition)
+            )
+
     def wait_applied(
         self, positions: Iterable[envelope_pb2.ChangelogPosition], timeout_seconds: float
     ) -> bool:
@@ -302,13 +384,20 @@ class Ingester:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = Consumer(consumer_config(self.kafka, "gss-ingester", "gss-ingester"))
+                    consumer = Consumer(
+                        {
+                            **consumer_config(self.kafka, "gss-ingester", "gss-ingester"),
+                            # The end of a partition is how readiness knows it caught up.
+                            "enable.partition.eof": True,
+                        }
+                    )
                     if not self._assign(consumer, admin):
                         consumer.close()
                         consumer = None
                         self._stop.wait(1.0)
                         continue
                     next_check = time.monotonic() + self.kafka.topic_check_interval_seconds
+                    next_lag = 0.0
                     self.ready.set()
                 msgs = consume_available(consumer, self.kafka.ingest_batch_max_records, 0.1)
                 good: list[Message] = []
@@ -321,12 +410,17 @@ class Ingester:
                         KafkaError._UNKNOWN_TOPIC,
                     ):
                         next_check = 0.0
-                    elif err.code() != KafkaError._PARTITION_EOF:
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        self._reached_end(msg)
+                    else:
                         log.warning(
                             "changelog_consume_error", error=err.str(), error_code=err.name()
                         )
                 if good:
                     self._apply(good)
+                if time.monotonic() >= next_lag:
+                    next_lag = time.monotonic() + _LAG_REFRESH_SECONDS
+                    self._refresh_ends(consumer)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.kafka.topic_check_interval_seconds
                     if self._topics_changed(admin):
@@ -365,6 +459,8 @@ class Ingester:
                 partitions = sorted(metadata[topic].partitions)
                 self._partitions[topic] = len(partitions)
                 for partition in partitions:
+                    if not self.hosts(topic, partition):
+                        continue
                     start = stored.get(partition)
                     if start is not None:
                         self._next[(topic, partition)] = start
@@ -374,6 +470,10 @@ class Ingester:
                         )
                     )
         consumer.assign(assignment)
+        with self._applied_cond:
+            self._assigned = [(tp.topic, tp.partition) for tp in assignment]
+            self._eof.clear()
+            self._end.clear()
         log.info(
             "ingester_assigned",
             topics=list(self._galaxy_of),
@@ -383,6 +483,39 @@ class Ingester:
             },
         )
         return True
+
+    def _reached_end(self, msg: Message) -> None:
+        topic, partition = msg.topic(), msg.partition()
+        if topic is None or partition is None:
+            return
+        with self._applied_cond:
+            first = (topic, partition) not in self._eof
+            self._eof.add((topic, partition))
+        if first:
+            log.info(
+                "changelog_partition_caught_up",
+                galaxy=self._galaxy_of[topic].name,
+                topic=topic,
+                partition=partition,
+                next_offset=msg.offset(),
+            )
+
+    def _refresh_ends(self, consumer: Consumer) -> None:
+        """The end offsets from the last fetch responses (cached: no broker round trip)."""
+        ends = {}
+        for topic, partition in self._assigned:
+            try:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                ends[(topic, partition)] = high
+        with self._applied_cond:
+            self._end.update(ends)
+        for row in self.replica_partitions():
+            metrics.CHANGELOG_LAG.labels(row.galaxy, str(row.partition)).set(row.lag)
 
     def _check_topic_ids(self, admin: AdminClient) -> bool:
         """Store each changelog topic's id; if a topic has a new id, its offsets start over.

@@ -1,7 +1,8 @@
 """Prometheus metrics of the changelog ingester, the outbox and its publisher.
 
-Ingest lag is reported in time, not in records: record lag needs the changelog's end offsets,
-which the local broker gets wrong (docs/events.md, the local broker's quirks) and which cost a broker round trip per partition.
+Ingest lag is reported in time, and in records per hosted partition
+(``gss_changelog_lag_records``, from the end offsets of the consumer's own fetch responses, so
+no extra round trip; the local broker under-reports them: docs/events.md, its quirks).
 ``gss_changelog_apply_delay_seconds`` (record timestamp to commit) grows when the ingester falls
 behind; ``gss_changelog_last_record_timestamp_seconds`` shows a partition that stopped moving.
 """
@@ -37,6 +38,12 @@ CHANGELOG_OFFSET_RESETS = Counter(
     "gss_changelog_offset_resets_total",
     "Times a changelog topic was found recreated and its offsets started over.",
     ["galaxy"],
+)
+CHANGELOG_LAG = Gauge(
+    "gss_changelog_lag_records",
+    "Records of a hosted changelog partition not applied yet: the end offset of the broker's "
+    "last fetch response minus the next offset to apply (readiness follows it).",
+    ["galaxy", "partition"],
 )
 OUTBOX_ENTRIES = Gauge(
     "gss_outbox_entries",

@@ -30,7 +30,9 @@ from contract.kafka import producer_config
 from contract.registry import Registry
 from contract.settings import KafkaSettings
 from contract.topics import TopicKind, ensure_topics, topic_name
+from contract.v1 import dead_letter_pb2, events_pb2
 from gss.kafka import metrics
+from gss.kafka.election import PublisherElection
 from gss.kafka.meta import (
     BACKFILL_OUTBOX_PREFIX,
     OUTBOX_PREFIX,
@@ -58,8 +60,24 @@ class _Report:
 class OutboxPublisher:
     """A background thread publishing the outbox. ``start()``, then ``stop()``."""
 
-    def __init__(self, outbox: Outbox, kafka: KafkaSettings, registry: Registry) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        kafka: KafkaSettings,
+        registry: Registry,
+        election: PublisherElection | None = None,
+    ) -> None:
+        """``election``: among replicas, publish only the partitions this node was elected for
+        (gss.kafka.election); None publishes everything (one replica per partition)."""
         self.outbox = outbox
+        self.election = election
+        self._election_generation = -1
+        self._positions: dict[bytes, tuple[str, int, int]] = {}
+        self._next_prune = 0.0
+        self._skipped = 0  # entries of the last round left to other replicas
+        # The partitions this node publishes, fixed for a whole round: an entity's events must
+        # not overtake each other when ownership changes mid-scan (the next round rescans).
+        self._owned: set[tuple[str, int]] = set()
         self.kafka = kafka
         self.registry = registry
         self._stop = threading.Event()
@@ -149,8 +167,19 @@ class OutboxPublisher:
             producer = self._new_producer()
             cursor, in_flight = None, set()
             self._backfill_cursor = None
+            self._positions.clear()
+        if self.election is not None:
+            generation, self._owned = self.election.owned()
+            if generation != self._election_generation:
+                # Partitions were won or lost: look at the whole outbox again.
+                self._election_generation = generation
+                cursor, self._backfill_cursor = None, None
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + 1.0
+                self._prune()
         room = self.kafka.outbox_max_in_flight - len(in_flight)
         sent = 0
+        self._skipped = 0
         if room > 0:
             cursor, sent = self._send(producer, OUTBOX_PREFIX, cursor, room, in_flight)
         idle_wait = 0.5
@@ -179,7 +208,7 @@ class OutboxPublisher:
             self._recover(producer, failure)
             self._stop.wait(backoff)
             return None, None, set(), min(backoff * 2, _MAX_BACKOFF_SECONDS)
-        if not in_flight and not sent:
+        if not in_flight and not sent and not self._skipped:
             self.outbox.wait(idle_wait)
         return producer, cursor, in_flight, backoff
 
@@ -203,6 +232,20 @@ class OutboxPublisher:
                 log.error("outbox_entry_unreadable", error=str(exc), outbox_key=key.hex())
                 self.outbox.removed([key])
                 continue
+            if key in in_flight:
+                cursor = key
+                continue
+            if self.election is not None:
+                position = entry_position(entry)
+                if position is not None:
+                    topic, partition, offset = position
+                    if (topic, partition) not in self._owned or offset < (
+                        self.election.committed(topic, partition)
+                    ):
+                        cursor = key  # another replica's to send (or sent already)
+                        self._skipped += 1
+                        continue
+                    self._positions[key] = position
             if not self._produce(producer, key, entry):
                 break
             cursor = key
@@ -233,22 +276,50 @@ class OutboxPublisher:
         acked: list[bytes] = []
         failure: KafkaError | None = None
         counts: Counter[tuple[str, EntryKind]] = Counter()
+        published: dict[tuple[str, int], int] = {}
         for report in reports:
             if report.generation != self._generation:
                 continue  # a discarded producer's report: its entries are being sent again
             in_flight.discard(report.key)
+            position = self._positions.pop(report.key, None)
             if report.error is None:
                 acked.append(report.key)
                 counts[(report.galaxy, report.kind)] += 1
+                if position is not None:
+                    topic, partition, offset = position
+                    published[(topic, partition)] = max(
+                        offset, published.get((topic, partition), -1)
+                    )
             elif failure is None:
                 failure = report.error
         for (galaxy, kind), n in counts.items():
             metrics.OUTBOX_PUBLISHED.labels(galaxy, kind.name.lower()).inc(n)
+        if published and self.election is not None:
+            self.election.published(published)
         if acked:
             oldest = min(outbox_sequence(key) for key in acked)
             metrics.EVENT_PUBLISH_DELAY.observe(max(0.0, time.time() - oldest / 1e9))
         self.published += len(acked)
         return acked, failure
+
+    def _prune(self) -> None:
+        """Delete entries whose partition's publisher (this node or another replica) has
+        committed past them."""
+        assert self.election is not None
+        done: list[bytes] = []
+        for prefix in (OUTBOX_PREFIX, BACKFILL_OUTBOX_PREFIX):
+            for key, raw in self.outbox.store.scan_meta(prefix):
+                try:
+                    position = entry_position(OutboxEntry.decode(raw))
+                except ValueError:
+                    continue  # _send reports and removes it
+                if position is not None and position[2] < self.election.committed(
+                    position[0], position[1]
+                ):
+                    done.append(key)
+        if done:
+            self.outbox.removed(done)
+            log.debug("outbox_pruned", outbox_entries=len(done))
 
     def _recover(self, producer: Producer, failure: KafkaError) -> None:
         self.failures += 1
@@ -268,3 +339,17 @@ class OutboxPublisher:
                 ensure_topics(self.kafka, self.registry, timeout_seconds=5.0)
             except UnavailableError as exc:
                 log.info("outbox_topics_unavailable", error=str(exc))
+
+
+def entry_position(entry: OutboxEntry) -> tuple[str, int, int] | None:
+    """(changelog topic, partition, offset) an outbox entry comes from; None for a direct
+    write (no changelog) or a dead letter without a position."""
+    if entry.kind is EntryKind.AVAILABLE:
+        position = events_pb2.SignalAvailable.FromString(entry.value).position
+        if not position.topic:
+            return None
+        return position.topic, position.partition, position.offset
+    letter = dead_letter_pb2.DeadLetter.FromString(entry.value)
+    if not letter.HasField("input_partition") or not letter.HasField("input_offset"):
+        return None
+    return letter.input_topic, letter.input_partition, letter.input_offset
