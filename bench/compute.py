@@ -23,10 +23,14 @@ GSS runs as its own ``gss serve`` process, as it would in production.
    through the changelog) is reported beside it.
 
 Returns the ``compute`` section of bench/report.json.
+
+``GSS_BENCH_COMPUTE_FLINK_CONFIG`` (JSON) adds Flink options to every job, to compare settings
+(``{"python.execution-mode": "thread"}``, bundle sizes).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -312,6 +316,8 @@ def run(report_dir: Path) -> dict[str, Any]:
                 "job_name": "gss-bench-compute",
                 "metrics_port": 0,
                 "checkpoint_dir": (work / "checkpoints").as_uri(),
+                # Flink options to compare (python.execution-mode: thread, bundle sizes, ...).
+                "flink_config": json.loads(os.environ.get("GSS_BENCH_COMPUTE_FLINK_CONFIG", "{}")),
             },
         )
         registry = load_registry(settings.registry_path)
