@@ -61,41 +61,34 @@ def _settings(tmp: Path, bootstrap: str, job: str, **compute: Any) -> Settings:
 
 def _changelog(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, SignalRecord]]:
     """Every record of the changelog: (partition, record), in offset order per partition."""
+    return [
+        (m.partition(), SignalRecord.FromString(m.value()))
+        for m in _records(bootstrap, topic, partitions)
+    ]
+
+
+def _records(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every record of ``topic`` from offset 0 until idle."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "history-test", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[tuple[int, SignalRecord]] = []
+    out: list[Any] = []
     try:
         idle = 0
         while idle < 5:
             msgs = consumer.consume(500, 0.2)
             idle = 0 if msgs else idle + 1
-            out.extend(
-                (m.partition(), SignalRecord.FromString(m.value())) for m in msgs if not m.error()
-            )
+            out.extend(m for m in msgs if not m.error())
     finally:
         consumer.close()
     return out
 
 
 def _values(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "history-test-raw"})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[bytes] = []
-    try:
-        idle = 0
-        while idle < 5:
-            msgs = consumer.consume(500, 0.2)
-            idle = 0 if msgs else idle + 1
-            out.extend(m.value() for m in msgs if not m.error())
-    finally:
-        consumer.close()
-    return out
+    return [m.value() for m in _records(bootstrap, topic, partitions)]
 
 
 def _wait_records(bootstrap: str, topic: str, partitions: int, want: int, timeout: float) -> Any:

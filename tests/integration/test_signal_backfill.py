@@ -73,24 +73,30 @@ def _read(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
     return sorted(_read_all(bootstrap, topic, partitions))
 
 
-def _read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
-    """Every record value of ``topic`` from offset 0 until idle (offsets read, not end offsets)."""
+def _consume_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every record of ``topic`` from offset 0 until idle (offsets read, not end offsets: the
+    local broker misreports high watermarks)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "backfill-test", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[bytes] = []
+    out: list[Any] = []
     try:
         idle = 0
         while idle < 4:
             msgs = consumer.consume(500, 0.2)
             idle = 0 if msgs else idle + 1
-            out.extend(m.value() for m in msgs if not m.error() and m.value())
+            out.extend(m for m in msgs if not m.error())
     finally:
         consumer.close()
     return out
+
+
+def _read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
+    """Every record value of ``topic``, tombstones aside."""
+    return [m.value() for m in _consume_all(bootstrap, topic, partitions) if m.value()]
 
 
 def _facts(records: list[SignalRecord]) -> set[tuple[str, str, bytes, int]]:
@@ -431,27 +437,10 @@ def _join_backfill_equals_live(
 
 
 def _last_offsets(bootstrap: str, topic: str, partitions: int) -> dict[tuple[str, int], int]:
-    """The last offset read of each non-empty partition (read, not asked: the local broker
-    misreports high watermarks)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "backfill-test", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    """The last offset read of each non-empty partition."""
     last: dict[tuple[str, int], int] = {}
-    try:
-        idle = 0
-        while idle < 4:
-            msgs = consumer.consume(500, 0.2)
-            idle = 0 if msgs else idle + 1
-            for m in msgs:
-                if not m.error():
-                    last[(topic, m.partition())] = max(
-                        last.get((topic, m.partition()), -1), m.offset()
-                    )
-    finally:
-        consumer.close()
+    for m in _consume_all(bootstrap, topic, partitions):
+        last[(topic, m.partition())] = max(last.get((topic, m.partition()), -1), m.offset())
     return last
 
 
