@@ -13,6 +13,7 @@ ingester writes to the same topic).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -443,6 +444,18 @@ def window_starts(window: Tumbling | Sliding, event_ms: int) -> list[int]:
     return list(range(last, event_ms - size, -slide))
 
 
+def current_from(window: Tumbling | Sliding, start_ms: int) -> int | None:
+    """With early firing, the newest event time from which an open window writes its running
+    value: any (None) for tumbling windows; for sliding ones, once events have reached the last
+    ms of the window before it. Only the window that ends first after the newest event writes
+    early, so the value a lookup sees (the newest event time wins) is the trailing count, never
+    a window reaching further into the future that has seen only the newest events. (Flink's
+    watermark trails the newest event time by the source's max_out_of_orderness + 1 ms.)"""
+    if isinstance(window, Tumbling):
+        return None
+    return start_ms + millis(window.size) - millis(window.slide) - 1  # the previous one's last ms
+
+
 def window_result(
     bound: Bound, entity: bytes, aggregate: Any, start_ms: int, end_ms: int, tally: Tally = no_tally
 ) -> list[SinkRow]:
@@ -660,13 +673,21 @@ class Gathered:
     inputs: Inputs | None = None
     peers: dict[str, Inputs] | None = None
     rounds: dict[str, tuple[int, dict[str, Inputs]]] | None = None
+    # Digest of the records last written for the entity: a re-evaluation that writes the same
+    # records again (a late peer that changes nothing) writes nothing.
+    written: bytes | None = None
 
 
 def _evaluate(bound: Bound, entity: bytes, gathered: Gathered, tally: Tally) -> list[SinkRow]:
     assert gathered.inputs is not None
     assert gathered.peers is not None
     ordered = sorted(gathered.peers.values(), key=lambda p: (p.event_time, p.entity_id))
-    return run_join(bound, entity, gathered.inputs, tally, ordered)
+    rows = run_join(bound, entity, gathered.inputs, tally, ordered)
+    digest = hashlib.sha1(b"\0".join(row[2] for row in rows)).digest()
+    if digest == gathered.written:
+        return []
+    gathered.written = digest
+    return rows
 
 
 def gather_report(

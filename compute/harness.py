@@ -56,6 +56,7 @@ class Output:
 class _Window:
     aggregate: Any
     fired: bool = False
+    current: bool = False  # early firing: writes its running value (execution.current_from)
 
 
 class LocalHarness:
@@ -229,6 +230,7 @@ class LocalHarness:
         size = _ms(group_by.window.size)
         lateness = _ms(group_by.allowed_lateness)
         watermark = self._watermark(index, bound)
+        newest = max(self._max_ts.get(index, event.event_ms), event.event_ms)
         if extracted is not None and not rows:
             windows = self._windows[index]
             starts = execution.window_starts(group_by.window, event.event_ms)
@@ -243,7 +245,12 @@ class LocalHarness:
                 # A late event within allowed lateness fires the window again; with early
                 # firing an open window writes its running value at once (Flink: within the
                 # early_firing interval).
-                if window.fired or group_by.early_firing is not None:
+                current_from = execution.current_from(group_by.window, start)
+                if group_by.early_firing is not None and (
+                    current_from is None or newest >= current_from
+                ):
+                    window.current = True
+                if window.fired or window.current:
                     rows.extend(
                         execution.window_result(
                             bound, event.entity, window.aggregate, start, start + size, tally
@@ -263,14 +270,29 @@ class LocalHarness:
 
     def _advance(self, index: int, bound: Bound, watermark: int) -> list[SinkRow]:
         group_by = bound.plugin.group_by
+        source = bound.plugin.source
         assert group_by is not None
+        assert source is not None
         size = _ms(group_by.window.size)
         lateness = _ms(group_by.allowed_lateness)
+        newest = watermark + _ms(source.max_out_of_orderness) + 1
         rows: list[SinkRow] = []
         windows = self._windows[index]
         for (entity, start), window in sorted(windows.items(), key=lambda kv: kv[0][1]):
-            if not window.fired and start + size - 1 <= watermark:
-                window.fired = True
+            if window.fired:
+                continue
+            current_from = execution.current_from(group_by.window, start)
+            closes = start + size - 1 <= watermark
+            # With early firing a sliding window writes once it becomes the first to end.
+            becomes_current = (
+                group_by.early_firing is not None
+                and not window.current
+                and current_from is not None
+                and newest >= current_from
+            )
+            if closes or becomes_current:
+                window.fired = closes
+                window.current = True
                 rows.extend(
                     execution.window_result(
                         bound, entity, window.aggregate, start, start + size, self._tally(bound)

@@ -115,6 +115,22 @@ def early(total: float, window: WindowSpan) -> DHash:
     return DHash(hash=int(total))
 
 
+@signal(
+    galaxy="tests",
+    name="trailing",
+    version=1,
+    source=source("test.trailing"),
+    group_by=GroupBy(
+        window=Sliding(size=timedelta(minutes=10), slide=timedelta(minutes=5)),
+        aggregate=Sum(of=lambda event: event.user_id),
+        early_firing=timedelta(milliseconds=200),
+    ),
+)
+def trailing(total: float, window: WindowSpan) -> DHash:
+    """Sum of user ids in the trailing 10 minutes, readable at once; hash = sum * 1e6 + start minute."""
+    return DHash(hash=int(total) * 1_000_000 + window.start.hour * 60 + window.start.minute)
+
+
 def crashing_plugin(marker: Path) -> Plugin:
     """A plugin that kills its Python worker the first time it sees user 666 (then writes as usual)."""
 
@@ -128,4 +144,4 @@ def crashing_plugin(marker: Path) -> Plugin:
     return crashy
 
 
-PLUGINS = [left, right, both, flaky, sliding, early]
+PLUGINS = [left, right, both, flaky, sliding, early, trailing]

@@ -36,7 +36,7 @@ TEST_GALAXY = {
     "partitions": 2,
     "signals": [
         {"name": name, "version": 1, "value_type": "gss.v1.DHash"}
-        for name in ("left", "right", "both", "flaky", "crashy", "sliding", "early")
+        for name in ("left", "right", "both", "flaky", "crashy", "sliding", "early", "trailing")
     ],
 }
 

@@ -1,6 +1,6 @@
 """The Flink job: one DataStream pipeline built from the bound plugins.
 
-    content topic ─KafkaSource─▶ key by entity ─▶ map plugins ───────────────┐
+    content topic ─KafkaSource─▶ map plugins (chained to the source) ────────┐
                   └──────────▶ model plugins (async, batched Triton calls) ──┤
                   └─▶ extract ─▶ watermarks ─▶ key by entity ─▶ windows ─────┤
     gss.<galaxy>.changelog ─▶ join inputs (keyed by entity, TTL state) ──────┼─▶ KafkaSink
@@ -101,6 +101,10 @@ def flink_configuration(settings: Settings) -> Configuration:
     if compute.mode in ("local", "remote"):
         values["python.executable"] = compute.python_executable or sys.executable
         values["python.client.executable"] = sys.executable
+    if compute.mode == "local" and compute.flink_config.get("python.execution-mode") == "thread":
+        # Thread mode runs Python inside the JVM (pemja), which starts from the base
+        # interpreter's paths, not this environment's: hand it this process's import path.
+        values["python.pythonpath"] = os.pathsep.join(p for p in sys.path if p)
     if compute.mode == "local":
         if compute.metrics_port:
             values["metrics.reporter.prom.factory.class"] = (
@@ -345,8 +349,7 @@ def _content_branches(
     for n, same in enumerate(maps.values()):
         suffix = "" if n == 0 else f"-{n}"
         rows.append(
-            raw.key_by(ops.EntityOf(same[0]), key_type=Types.PICKLED_BYTE_ARRAY())
-            .process(ops.RunMaps(same), output_type=ops.sink_row_type())
+            raw.process(ops.RunMaps(same), output_type=ops.sink_row_type())
             .name(f"map plugins of {topic}{suffix}")
             .uid(_uid("maps", topic + suffix))
         )
@@ -398,7 +401,15 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
     if group_by.early_firing is not None and not settings.compute.reads_history:
         # Live only: over history, processing-time firings would write arbitrary partial
         # values, and a backfill must write the same values every time it runs.
-        windows = windows.trigger(ops.EarlyFiring(execution.millis(group_by.early_firing)))
+        slide = (
+            execution.millis(group_by.window.slide)
+            if isinstance(group_by.window, Sliding)
+            else None
+        )
+        lead = execution.millis(plugin.source.max_out_of_orderness) + 1
+        windows = windows.trigger(
+            ops.EarlyFiring(execution.millis(group_by.early_firing), slide, lead)
+        )
     values = (
         windows.allowed_lateness(execution.millis(group_by.allowed_lateness))
         .side_output_late_data(late_tag)

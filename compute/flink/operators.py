@@ -27,7 +27,7 @@ from pyflink.datastream import (
     ProcessWindowFunction,
     RuntimeContext,
 )
-from pyflink.datastream.functions import AsyncFunction, KeySelector, MapFunction
+from pyflink.datastream.functions import AsyncFunction, MapFunction
 from pyflink.datastream.output_tag import OutputTag
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.datastream.window import TimeWindow, Trigger, TriggerResult
@@ -165,21 +165,13 @@ class Tallies:
 # ---- map plugins -------------------------------------------------------------------------
 
 
-class EntityOf(KeySelector):  # type: ignore[misc]
-    """Keys a content record by its entity (b"" if it does not decode: the plugin dead-letters it)."""
+class RunMaps(ProcessFunction):  # type: ignore[misc]
+    """Every map plugin of one topic over each record: one Python step per record.
 
-    def __init__(self, bound: Bound) -> None:
-        self.bound = bound
-
-    def get_key(self, value: Any) -> bytes:
-        try:
-            return execution.decode_event(self.bound, bytes(value[4])).entity
-        except execution.BadInput:
-            return b""
-
-
-class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
-    """Every map plugin of one topic over each record of its entity."""
+    Not keyed: map plugins hold no state, and a record stays in its source partition's
+    subtask (chained to the source), so each partition's order is kept without a shuffle or
+    a Python key selector in front (docs/compute.md, "Performance").
+    """
 
     def __init__(self, bounds: list[Bound]) -> None:
         self.bounds = bounds
@@ -187,7 +179,7 @@ class RunMaps(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
         payload, at = read_input(self.bounds[0].input_topic, value)
         for bound in self.bounds:
             for row in execution.run_map(bound, payload, self.tallies.of(bound, at), at):
@@ -275,18 +267,36 @@ class Extract(ProcessFunction):  # type: ignore[misc]
 class EarlyFiring(Trigger):  # type: ignore[misc]
     """Event-time windows that also fire while open: at most ``interval_ms`` of processing
     time after an element changed the window, then once the watermark passes its end (and for
-    each late element within the allowed lateness), as Flink's EventTimeTrigger does."""
+    each late element within the allowed lateness), as Flink's EventTimeTrigger does.
 
-    def __init__(self, interval_ms: int) -> None:
+    Sliding windows (``slide_ms``) fire early only once they are the first to end after the
+    newest event time (:func:`compute.execution.current_from`), and also fire when they become
+    it. ``lead_ms`` is how far the newest event time runs ahead of the watermark (the source's
+    max_out_of_orderness + 1 ms), so the watermark at which that happens is known.
+    """
+
+    def __init__(self, interval_ms: int, slide_ms: int | None = None, lead_ms: int = 0) -> None:
         self.interval_ms = interval_ms
+        self.slide_ms = slide_ms
+        self.lead_ms = lead_ms
         self.pending = ValueStateDescriptor("early-firing-pending", Types.BOOLEAN())
+
+    def _current_from(self, window: TimeWindow) -> int | None:
+        # The watermark of execution.current_from's event time (window.end is exclusive).
+        if self.slide_ms is None:
+            return None
+        return window.end - self.slide_ms - 1 - self.lead_ms
 
     def on_element(
         self, element: Any, timestamp: int, window: TimeWindow, ctx: Trigger.TriggerContext
     ) -> TriggerResult:
-        if window.max_timestamp() <= ctx.get_current_watermark():
+        watermark = ctx.get_current_watermark()
+        if window.max_timestamp() <= watermark:
             return TriggerResult.FIRE
         ctx.register_event_time_timer(window.max_timestamp())
+        current_from = self._current_from(window)
+        if current_from is not None and current_from > watermark:
+            ctx.register_event_time_timer(current_from)
         pending = ctx.get_partitioned_state(self.pending)
         if not pending.value():
             ctx.register_processing_time_timer(ctx.get_current_processing_time() + self.interval_ms)
@@ -297,20 +307,29 @@ class EarlyFiring(Trigger):  # type: ignore[misc]
         self, time: int, window: TimeWindow, ctx: Trigger.TriggerContext
     ) -> TriggerResult:
         ctx.get_partitioned_state(self.pending).clear()
-        if window.max_timestamp() <= ctx.get_current_watermark():
+        watermark = ctx.get_current_watermark()
+        if window.max_timestamp() <= watermark:
             return TriggerResult.CONTINUE  # the event-time firing has written it already
+        current_from = self._current_from(window)
+        if current_from is not None and watermark < current_from:
+            return TriggerResult.CONTINUE  # not current yet: its event-time timer fires it
         return TriggerResult.FIRE
 
     def on_event_time(
         self, time: int, window: TimeWindow, ctx: Trigger.TriggerContext
     ) -> TriggerResult:
-        return TriggerResult.FIRE if time == window.max_timestamp() else TriggerResult.CONTINUE
+        if time == window.max_timestamp() or time == self._current_from(window):
+            return TriggerResult.FIRE
+        return TriggerResult.CONTINUE
 
     def on_merge(self, window: TimeWindow, ctx: Trigger.OnMergeContext) -> None:
         raise AssertionError("tumbling and sliding windows never merge")
 
     def clear(self, window: TimeWindow, ctx: Trigger.TriggerContext) -> None:
         ctx.delete_event_time_timer(window.max_timestamp())
+        current_from = self._current_from(window)
+        if current_from is not None:
+            ctx.delete_event_time_timer(current_from)
         ctx.get_partitioned_state(self.pending).clear()
 
 
@@ -407,10 +426,15 @@ class JoinUpdates(ProcessFunction):  # type: ignore[misc]
 def _ttl(bound: Bound) -> StateTtlConfig:
     assert bound.plugin.join is not None
     seconds = max(1, int(bound.plugin.join.ttl.total_seconds()))
+    # ReturnExpiredIfNotCleanedUp, not NeverReturnExpired: PyFlink turns its Python-side state
+    # cache off for the whole worker when any state never returns expired values, and then
+    # every update is a blocking round trip to the JVM (most of the join's time in the
+    # profile, docs/compute.md "Performance"). Expiry that matters is applied in
+    # compute.execution (hold_input, bucket_members) by the join's TTL, as in the harness.
     return (
         StateTtlConfig.new_builder(Time.seconds(seconds))
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
         .build()
     )
 

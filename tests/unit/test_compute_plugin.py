@@ -250,6 +250,7 @@ def test_loader_finds_plugins_in_files_and_packages(tmp_path: Path) -> None:
         "images/safety_score@1",
         "images/safety_score@2",
         "pins/save_count_1h@1",
+        "pins/save_count_last_hour@1",
     ]
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         load_plugins([str(tmp_path / "missing.py")])

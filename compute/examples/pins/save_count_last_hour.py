@@ -1,0 +1,34 @@
+"""pins/save_count_last_hour@1: how often the pin was saved in the trailing hour, kept current.
+
+A sliding one-hour window every five minutes, fired early: within half a second of each
+save the count of the window that ends next is readable, and each window's final count once
+the watermark passes its end. Only that trailing window writes early (a window reaching
+further ahead has seen only the newest saves), so a lookup reads the saves of the last hour
+up to the next five-minute boundary.
+"""
+
+from datetime import timedelta
+
+from compute import Count, GroupBy, Sliding, WindowSpan, signal
+from compute.examples.pins.sources import PINS
+from contract.v1.content_pb2 import PinEngagementEvent
+from contract.v1.signals_pb2 import WindowedCount
+
+
+@signal(
+    galaxy="pins",
+    name="save_count_last_hour",
+    version=1,
+    source=PINS,
+    group_by=GroupBy(
+        window=Sliding(size=timedelta(hours=1), slide=timedelta(minutes=5)),
+        aggregate=Count(where=lambda event: event.action == PinEngagementEvent.SAVE),
+        allowed_lateness=timedelta(minutes=10),
+        early_firing=timedelta(milliseconds=500),
+    ),
+)
+def save_count_last_hour(count: int, window: WindowSpan) -> WindowedCount:
+    value = WindowedCount(count=count)
+    value.window_start.FromDatetime(window.start)
+    value.window_end.FromDatetime(window.end)
+    return value
