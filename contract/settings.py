@@ -266,6 +266,13 @@ class ComputeSettings(BaseModel):
     delivery_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     # Where a consumer group without committed offsets starts reading its topics.
     start_from: Literal["earliest", "latest"] = "earliest"
+    # The Python steps that read a topic (map plugins, group-by extraction, join inputs) get
+    # its records in batches of up to batch_max_records, each batch leaving at most
+    # batch_max_delay_seconds after its first record arrived: a record crosses into the Python
+    # worker at a fraction of its per-element cost, for at most that much latency
+    # (docs/compute.md, "Performance"). 1 hands records over one by one.
+    batch_max_records: int = Field(default=256, ge=1)
+    batch_max_delay_seconds: float = Field(default=0.02, ge=0)
     # Records in flight per model-plugin operator (their model calls batch together).
     model_concurrency: int = Field(default=64, ge=1)
     model_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -142,8 +142,17 @@ class Tallies:
         worker_logging()
         self._group = context.get_metrics_group().add_group("gss")
         self._counters: dict[tuple[str, ...], Any] = {}
+        self._tallies: dict[tuple[str, str, int], execution.Tally] = {}
 
     def of(self, bound: Bound, at: execution.Position | None = None) -> execution.Tally:
+        # One function per plugin and input partition, made once: this runs for every record.
+        key = (bound.ref, at.topic, at.partition) if at is not None else (bound.ref, "", -1)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = self._tally(bound, at)
+        return tally
+
+    def _tally(self, bound: Bound, at: execution.Position | None) -> execution.Tally:
         def tally(name: str, amount: int) -> None:
             where = (
                 (at.topic, str(at.partition))
@@ -166,7 +175,8 @@ class Tallies:
 
 
 class RunMaps(ProcessFunction):  # type: ignore[misc]
-    """Every map plugin of one topic over each record: one Python step per record.
+    """Every map plugin of one topic over each record of a batch (gss.flink.RowBatcher); the
+    batch's sink rows leave as one element (flattened in Java).
 
     Not keyed: map plugins hold no state, and a record stays in its source partition's
     subtask (chained to the source), so each partition's order is kept without a shuffle or
@@ -179,11 +189,21 @@ class RunMaps(ProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         self.tallies = Tallies(runtime_context)
 
-    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
-        payload, at = read_input(self.bounds[0].input_topic, value)
-        for bound in self.bounds:
-            for row in execution.run_map(bound, payload, self.tallies.of(bound, at), at):
-                yield sink_row(row)
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[list[Row]]:
+        topic = self.bounds[0].input_topic
+        out: list[Row] = []
+        for record in value:
+            payload, at = read_input(topic, record)
+            for bound in self.bounds:
+                for row in execution.run_map(bound, payload, self.tallies.of(bound, at), at):
+                    out.append(sink_row(row))
+        if out:
+            yield out
+
+
+def batch_type(row_type: Any) -> Any:
+    """An array of rows of ``row_type``: a batch (gss.flink.RowBatcher)."""
+    return Types.OBJECT_ARRAY(row_type)
 
 
 class RunModel(AsyncFunction):  # type: ignore[misc]
@@ -244,7 +264,8 @@ class Item:
 
 
 class Extract(ProcessFunction):  # type: ignore[misc]
-    """A group-by's per-event step; failures leave as dead letters on SINK_TAG."""
+    """A group-by's per-event step over a batch of records (gss.flink.RowBatcher); failures
+    leave as dead letters on SINK_TAG."""
 
     def __init__(self, bound: Bound) -> None:
         self.bound = bound
@@ -253,15 +274,16 @@ class Extract(ProcessFunction):  # type: ignore[misc]
         self.tallies = Tallies(runtime_context)
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        payload, at = read_input(self.bound.input_topic, value)
-        event, extracted, rows = execution.extract(
-            self.bound, payload, self.tallies.of(self.bound, at), at
-        )
-        for row in rows:
-            yield SINK_TAG, sink_row(row)
-        if event is not None and not rows:
-            # Items with nothing to add still move the watermark; they are dropped after it.
-            yield Item(event.entity, event.event_ms, extracted, payload, at)
+        for record in value:
+            payload, at = read_input(self.bound.input_topic, record)
+            event, extracted, rows = execution.extract(
+                self.bound, payload, self.tallies.of(self.bound, at), at
+            )
+            for row in rows:
+                yield SINK_TAG, sink_row(row)
+            if event is not None and not rows:
+                # Items with nothing to add still move the watermark; dropped after it.
+                yield Item(event.entity, event.event_ms, extracted, payload, at)
 
 
 class EarlyFiring(Trigger):  # type: ignore[misc]
@@ -285,7 +307,7 @@ class EarlyFiring(Trigger):  # type: ignore[misc]
         # The watermark of execution.current_from's event time (window.end is exclusive).
         if self.slide_ms is None:
             return None
-        return window.end - self.slide_ms - 1 - self.lead_ms
+        return int(window.end) - self.slide_ms - 1 - self.lead_ms
 
     def on_element(
         self, element: Any, timestamp: int, window: TimeWindow, ctx: Trigger.TriggerContext
@@ -296,7 +318,10 @@ class EarlyFiring(Trigger):  # type: ignore[misc]
         ctx.register_event_time_timer(window.max_timestamp())
         current_from = self._current_from(window)
         if current_from is not None and current_from > watermark:
+            # Not the trailing window yet: it writes when it becomes it (on_event_time), so
+            # no processing-time firing (of an element's size/slide windows, one is current).
             ctx.register_event_time_timer(current_from)
+            return TriggerResult.CONTINUE
         pending = ctx.get_partitioned_state(self.pending)
         if not pending.value():
             ctx.register_processing_time_timer(ctx.get_current_processing_time() + self.interval_ms)
@@ -402,7 +427,8 @@ class LateEvent(MapFunction):  # type: ignore[misc]
 
 
 class JoinUpdates(ProcessFunction):  # type: ignore[misc]
-    """Changelog records -> (join index, JoinUpdate) for each join that reads them.
+    """A batch of changelog records (gss.flink.RowBatcher) -> (join index, JoinUpdate) for
+    each join that reads them; the records of signals no join reads go no further.
 
     A record that is not a SignalRecord is counted (``bad_inputs_total`` of every join on the
     topic) and skipped: the changelog ingester dead-letters it.
@@ -415,12 +441,14 @@ class JoinUpdates(ProcessFunction):  # type: ignore[misc]
         self.tallies = Tallies(runtime_context)
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        payload, at = read_input(self.bounds[0].input_topic, value)
-        try:
-            yield from execution.join_updates(self.bounds, payload, at)
-        except execution.BadInput:
-            for bound in self.bounds:
-                self.tallies.of(bound, at)(execution.BAD_INPUTS, 1)
+        topic = self.bounds[0].input_topic
+        for record in value:
+            payload, at = read_input(topic, record)
+            try:
+                yield from execution.join_updates(self.bounds, payload, at)
+            except execution.BadInput:
+                for bound in self.bounds:
+                    self.tallies.of(bound, at)(execution.BAD_INPUTS, 1)
 
 
 def _ttl(bound: Bound) -> StateTtlConfig:

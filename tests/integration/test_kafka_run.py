@@ -62,6 +62,9 @@ def test_gss_run_computes_serves_announces_and_exports(tmp_path: Path) -> None:
     assert "Triton serving" in out
     assert re.search(r"compute job \w+ on a Flink MiniCluster: \d+ plugins", out), out
     assert re.search(r"availability events: .*images/dominant_colors@1 \d+", out), out
+    # Pin counts move while the job runs: the trailing hour's count fires early.
+    assert re.search(r"availability events: .*pins/save_count_last_hour@1 \d+", out), out
+    assert re.search(r"save_count_last_hour@1: \{\"count\"", out), out
     assert "(by flink:gss-compute)" in out  # a plugin's value, read back through GetSignals
     assert "model image_embedding@1" in out  # a model's value, with its envelope
     snapshot = re.search(r"snapshot dt=\S+: (\d+) rows in (\d+) partitions", out)

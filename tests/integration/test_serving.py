@@ -125,13 +125,10 @@ def test_registry_calls_describe_value_types(gss_server: GssServer) -> None:
         pins = client.describe("pins")
         assert pins.key_type == "int64"
         assert pins.key_length == 8
-        (signal,) = pins.signals
-        assert (signal.name, signal.version, signal.value_type) == (
-            "save_count_1h",
-            1,
-            "gss.v1.WindowedCount",
-        )
-        assert signal.ttl.seconds == 7200
+        assert [(s.name, s.version, s.value_type, s.ttl.seconds) for s in pins.signals] == [
+            ("save_count_1h", 1, "gss.v1.WindowedCount", 7200),
+            ("save_count_last_hour", 1, "gss.v1.WindowedCount", 7200),
+        ]
         assert [g.name for g in client.galaxies()] == ["images", "pins"]
 
 

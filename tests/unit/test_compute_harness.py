@@ -117,7 +117,7 @@ def test_window_counts_fire_at_the_watermark_and_update_when_late(signal_harness
 
 def test_trailing_hour_count_follows_each_save(signal_harness: Any) -> None:
     """pins/save_count_last_hour@1: after each save the latest value is the count of the hour
-    ending at the next five-minute boundary; windows reaching further ahead never win."""
+    ending at the next ten-minute boundary; windows reaching further ahead never win."""
     harness = signal_harness(save_count_last_hour)
     counts = []
     for minute in (1, 3, 12, 14, 40):
@@ -127,15 +127,15 @@ def test_trailing_hour_count_follows_each_save(signal_harness: Any) -> None:
         )
         value = harness.latest("pins", 9, "save_count_last_hour@1")
         end = value.window_end.ToDatetime(UTC)
-        assert T0 + timedelta(minutes=minute) < end <= T0 + timedelta(minutes=minute + 5)
+        assert T0 + timedelta(minutes=minute) < end <= T0 + timedelta(minutes=minute + 10)
         counts.append(value.count)
     assert counts == [1, 2, 3, 4, 5]
-    # A click at minute 72 moves event time on: the hour ending at 75 holds only the save at 40.
+    # A click at minute 72 moves event time on: the hour ending at 80 holds only the save at 40.
     harness.send(
         "content.pins", pin_event(9, PinEngagementEvent.CLICK, 1, T0 + timedelta(minutes=72))
     )
     value = harness.latest("pins", 9, "save_count_last_hour@1")
-    assert value.window_end.ToDatetime(UTC) == T0 + timedelta(minutes=75)
+    assert value.window_end.ToDatetime(UTC) == T0 + timedelta(minutes=80)
     assert value.count == 1
 
 
