@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test unit lint typecheck imports proto proto-check bench clean env browser
+.PHONY: run test unit lint typecheck imports proto proto-check bench chaos clean env browser
 
 env:
 	@bash scripts/bootstrap.sh
@@ -44,6 +44,14 @@ proto-check: env
 ## bench: load data, measure, write bench/report.json
 bench: env
 	$(PY) -m bench.run
+
+## chaos: the whole local stack under load with >= 50 faults of every kind (kill -9 of GSS, a
+## Flink Python worker, the whole job, a TaskManager of the standalone cluster, Triton; broker
+## outages (a proxy cuts it off); a stalled subscriber), then the oracles; summary into bench/report.json
+## (reliability). Options: CHAOS_ARGS="--faults 70 --seed 3 --duration 900 --kinds ...".
+CHAOS_ARGS ?= --faults 52 --seed 1 --duration 600
+chaos: env
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf gss-data .pytest_cache .mypy_cache .ruff_cache

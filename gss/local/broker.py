@@ -61,9 +61,13 @@ class LocalBroker:
         port: int | None = None,
         *,
         ready_timeout_seconds: float = 10.0,
+        advertised: str | None = None,
     ) -> None:
-        """``port`` None (or 0): one the OS picks."""
+        """``port`` None (or 0): one the OS picks. ``advertised`` (host:port): the address
+        the broker tells clients to connect to, when they reach it through a proxy (the chaos
+        suite's outages, tests/chaos); None: its own."""
         self.host = host
+        self.advertised = advertised
         self.port: int | None = port or None
         self.ready_timeout_seconds = ready_timeout_seconds
         self._process: subprocess.Popen[bytes] | None = None
@@ -98,7 +102,7 @@ class LocalBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    f"tcp://{self.advertised}" if self.advertised else url,
                     "--silent",
                 ],
                 stdin=subprocess.DEVNULL,

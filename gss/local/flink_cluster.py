@@ -231,6 +231,24 @@ class LocalFlinkCluster:
         if self._task_managers[index] is None:
             self._task_managers[index] = self._launch("taskmanager", index)
 
+    def pids(self) -> list[int]:
+        """The JobManager's and running TaskManagers' process ids (their group ids too)."""
+        return [p.pid for p in [self._job_manager, *self._task_managers] if p is not None]
+
+    def kill(self) -> None:
+        """SIGKILL the JobManager and every TaskManager at once (the whole deployment and the
+        job on it crash); :meth:`start` brings the cluster back on the same REST port."""
+        running = [p for p in [*self._task_managers, self._job_manager] if p is not None]
+        for process in running:
+            processes.kill_group(process.pid)
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            processes.untrack(process.pid)
+        self._task_managers = [None] * len(self._task_managers)
+        self._job_manager = None
+        log.warning("flink_cluster_killed", rest_address=self.rest_address)
+
     def stop(self) -> None:
         """SIGTERM every process, SIGKILL what is left after a few seconds."""
         running = [p for p in [*self._task_managers, self._job_manager] if p is not None]

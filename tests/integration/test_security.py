@@ -353,12 +353,6 @@ def test_writes_are_audited_and_record_the_caller_as_producer(
     ]
 
 
-def test_a_token_is_never_sent_in_clear(pki: dict[str, Any]) -> None:
-    """The clients refuse to attach a bearer token to a plaintext channel."""
-    with pytest.raises(ValueError, match="only over TLS"):
-        GssClient("127.0.0.1:1", token="secret")
-
-
 def test_rotated_certificate_files_are_served_without_a_restart(
     tmp_path: Path, pki: dict[str, Any]
 ) -> None:

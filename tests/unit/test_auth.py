@@ -210,3 +210,12 @@ def test_tls_configured_without_files_fails_instead_of_serving_plaintext(tmp_pat
     assert tls.enabled
     with pytest.raises(InvalidArgumentError, match="needs a certificate and a key"):
         server_credentials(tls)
+
+
+def test_a_token_is_never_sent_in_clear() -> None:
+    """The clients refuse to attach a bearer token to a plaintext channel (a client-side
+    check: no server involved, so a unit test; it was marked integration before)."""
+    from clients.lookup import GssClient
+
+    with pytest.raises(ValueError, match="only over TLS"):
+        GssClient("127.0.0.1:1", token="secret")
