@@ -30,6 +30,9 @@ from contract.settings import Settings
 log = structlog.get_logger(__name__)
 
 _TERMINAL = {"FINISHED", "CANCELED", "FAILED"}
+STATUS_POLL_SECONDS = 1.0
+# How long wait() rides out a JobManager that does not answer before it gives up.
+STATUS_UNREACHABLE_SECONDS = 120.0
 
 
 def bound_plugins(
@@ -189,15 +192,29 @@ class ComputeJob:
     ) -> str:
         """Block until the job ends, ``stop`` is set or the timeout passes; the last status."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-        status = self.status()
-        while status not in _TERMINAL:
-            if (stop is not None and stop.is_set()) or (
-                deadline is not None and time.monotonic() >= deadline
-            ):
-                break
-            (stop or threading.Event()).wait(1.0)
-            status = self.status()
-        return status
+        unreachable_since: float | None = None
+        while True:
+            try:
+                status = self.status()
+                unreachable_since = None
+            except Exception as exc:
+                # A remote JobManager that does not answer for a moment (restarting, failing
+                # over) is not a failed job: keep waiting, and give up (without cancelling
+                # anything here) only once it has been unreachable for long.
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= STATUS_UNREACHABLE_SECONDS:
+                    raise UnavailableError(
+                        f"the JobManager at {self.settings.compute.jobmanager_address} has not "
+                        f"answered for {STATUS_UNREACHABLE_SECONDS:.0f} s: {exc}"
+                    ) from exc
+                log.warning("compute_job_status_unavailable", job_id=self.job_id, error=str(exc))
+                status = "UNKNOWN"
+            if status in _TERMINAL or (stop is not None and stop.is_set()):
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                return status
+            (stop or threading.Event()).wait(STATUS_POLL_SECONDS)
 
     def stop_with_savepoint(self, directory: str, timeout_seconds: float = 120.0) -> str:
         """Stop the job with a savepoint in ``directory`` (a URI) and return the savepoint's
