@@ -19,9 +19,9 @@ local broker; each throughput phase runs its own job on its own broker:
    over the changelog, the windowed save_count_1h and save_count_last_hour) and ``gss serve``
    materialising the changelogs, as in production: as many images and pin events; events/s
    from the first value to the last image's near_duplicate_of value.
-6. Freshness, on the same job: images and pin saves, each at ``GSS_BENCH_COMPUTE_RATE``
-   (default 40) a second for ``GSS_BENCH_COMPUTE_SECONDS`` (default 20) after a 3 s warm-up
-   that is not measured, then at 10x the rate for a third of the time (a burst); a poller
+6. Freshness, on the same job: ``GSS_BENCH_COMPUTE_RATE`` (default 40) events a second,
+   images and pin saves in turn, for ``GSS_BENCH_COMPUTE_SECONDS`` (default 20) after a 3 s
+   warm-up that is not measured, then at 10x the rate for a third of the time (a burst); a poller
    looks each one up in GSS (GetSignals, every 10 ms) until the image's dhash@1 (a map) and
    near_duplicate_of@1 (a join: a second trip through the changelog), and the save's count in
    save_count_last_hour@1 (a sliding window fired early), are readable. Freshness = readable
@@ -258,9 +258,10 @@ def freshness(
     phases: list[tuple[float, float]],
     warm_up_seconds: float = WARM_UP_SECONDS,
 ) -> dict[str, list[float]]:
-    """For each (rate, seconds) phase in turn, produce images and pin saves at ``rate`` each;
-    poll GSS until each image's dhash@1 and near_duplicate_of@1, and each save's count in
-    pins/save_count_last_hour@1, are readable. Milliseconds from produce to readable, by signal.
+    """For each (rate, seconds) phase in turn, produce ``rate`` events a second, images and
+    pin saves in turn; poll GSS until each image's dhash@1 and near_duplicate_of@1, and each
+    save's count in pins/save_count_last_hour@1, are readable. Milliseconds from produce to
+    readable, by signal.
     """
     producer = Producer(producer_config(settings.kafka, "gss-bench", delivery_timeout_seconds=30.0))
     generator = ContentGenerator(seed=99)
@@ -314,27 +315,32 @@ def freshness(
                 now = datetime.now(UTC)
                 produced = time.monotonic()
                 measured = produced >= warm_until
-                _, key, image = generator.next_image(now)
-                pin_id = FRESH_PINS_FIRST + sent % FRESH_PINS
-                saves[pin_id] += 1
-                save = pin_event(pin_id, PinEngagementEvent.SAVE, sent, now)
-                with lock:
-                    for name in ("dhash@1", "near_duplicate_of@1"):
-                        pending.append(_Expected("images", key.hex(), name, produced, measured))
-                    pending.append(
-                        _Expected(
-                            "pins",
-                            str(pin_id),
-                            "save_count_last_hour@1",
-                            produced,
-                            measured,
-                            saves[pin_id],
+                if sent % 2 == 0:  # images and pin saves in turn
+                    _, key, image = generator.next_image(now)
+                    with lock:
+                        for name in ("dhash@1", "near_duplicate_of@1"):
+                            pending.append(_Expected("images", key.hex(), name, produced, measured))
+                    producer.produce("content.images", key=key, value=image.SerializeToString())
+                else:
+                    pin_id = FRESH_PINS_FIRST + (sent // 2) % FRESH_PINS
+                    saves[pin_id] += 1
+                    save = pin_event(pin_id, PinEngagementEvent.SAVE, sent, now)
+                    with lock:
+                        pending.append(
+                            _Expected(
+                                "pins",
+                                str(pin_id),
+                                "save_count_last_hour@1",
+                                produced,
+                                measured,
+                                saves[pin_id],
+                            )
                         )
+                    producer.produce(
+                        "content.pins",
+                        key=pin_id.to_bytes(8, "big"),
+                        value=save.SerializeToString(),
                     )
-                producer.produce("content.images", key=key, value=image.SerializeToString())
-                producer.produce(
-                    "content.pins", key=pin_id.to_bytes(8, "big"), value=save.SerializeToString()
-                )
                 producer.poll(0)
                 due_total += 1
                 sent += 1

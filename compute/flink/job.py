@@ -1,10 +1,10 @@
 """The Flink job: one DataStream pipeline built from the bound plugins.
 
-    content topic ─KafkaSource─▶ map plugins (chained to the source) ────────┐
-                  └──────────▶ model plugins (async, batched Triton calls) ──┤
-                  └─▶ extract ─▶ watermarks ─▶ key by entity ─▶ windows ─────┤
-    gss.<galaxy>.changelog ─▶ join inputs (keyed by entity, TTL state) ──────┼─▶ KafkaSink
-                                  └─▶ match buckets ─▶ gather (Match joins) ─┘   (changelogs, DLQs)
+    content topic ─KafkaSource─▶ batches ─▶ map plugins (chained to the source) ──────┐
+                  └──────────▶ model plugins (async, batched Triton calls) ────────┤
+                  └─▶ batches ─▶ extract ─▶ watermarks ─▶ key by entity ─▶ windows ┤
+    gss.<galaxy>.changelog ─▶ batches ─▶ join inputs (keyed by entity, TTL state) ─┼─▶ KafkaSink
+                                  └─▶ match buckets ─▶ gather (Match joins) ───────┘ (changelogs, DLQs)
 
 Every branch ends in rows ``(topic, key, value)``: a signal record for the galaxy's
 changelog or a dead letter for its DLQ, all written by one KafkaSink that picks the topic

@@ -1,6 +1,6 @@
 """pins/save_count_last_hour@1: how often the pin was saved in the trailing hour, kept current.
 
-A sliding one-hour window every ten minutes, fired early: within half a second of each
+A sliding one-hour window every ten minutes, fired early: within a fifth of a second of each
 save the count of the window that ends next is readable, and each window's final count once
 the watermark passes its end. Only that trailing window writes early (a window reaching
 further ahead has seen only the newest saves), so a lookup reads the saves of the last hour
@@ -25,7 +25,7 @@ from contract.v1.signals_pb2 import WindowedCount
         window=Sliding(size=timedelta(hours=1), slide=timedelta(minutes=10)),
         aggregate=Count(where=lambda event: event.action == PinEngagementEvent.SAVE),
         allowed_lateness=timedelta(minutes=10),
-        early_firing=timedelta(milliseconds=500),
+        early_firing=timedelta(milliseconds=200),
     ),
 )
 def save_count_last_hour(count: int, window: WindowSpan) -> WindowedCount:
