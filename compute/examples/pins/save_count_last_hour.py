@@ -1,8 +1,9 @@
 """pins/save_count_last_hour@1: how often the pin was saved in the trailing hour, kept current.
 
-A sliding one-hour window every ten minutes, fired early: within a fifth of a second of each
-save the count of the window that ends next is readable, and each window's final count once
-the watermark passes its end. Only that trailing window writes early (a window reaching
+A sliding one-hour window every ten minutes, fired early: at most a fifth of a second after
+each save the count of the window that ends next is written (bench/report.json
+"freshness_window_*" says how soon it is readable), and each window's final count once the
+watermark passes its end. Only that trailing window writes early (a window reaching
 further ahead has seen only the newest saves), so a lookup reads the saves of the last hour
 up to the next ten-minute boundary (the last 50 to 60 minutes). Each save is in six
 windows; a shorter slide follows the trailing hour more closely for proportionally more work.
