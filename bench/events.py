@@ -4,9 +4,13 @@
    entities are produced to the changelog of a local broker, then an ingester (with its outbox
    publisher running beside it, as in a GSS node) materialises them into a fresh store:
    records/s from its start until the last is committed (values + events + offsets per
-   WriteBatch, fsynced).
-2. Baseline, same run: the same stored key/values put straight into a fresh RocksDB with
-   rocksdict WriteBatches of the ingester's batch size, fsynced.
+   WriteBatch, fsynced), and from its first committed batch (the steady rate, without the
+   consumer's start). The publisher's side: events/s from the start until every event is
+   acknowledged by the broker (end to end), the outbox backlog when the last record was
+   committed, and how long the backlog then took to drain.
+2. Baselines, same run: the same stored key/values put straight into a fresh RocksDB with
+   rocksdict WriteBatches of the ingester's batch size, fsynced; and a bare confluent-kafka
+   consumer reading the same changelog (what the local broker and the client can deliver).
 3. Freshness: a ``gss ingest`` process (GSS alone in its process); this process produces
    records at ``GSS_BENCH_EVENTS_RATE`` (default 1,000) per second for
    ``GSS_BENCH_EVENTS_SECONDS`` (default 10) and a consumer-group subscriber
@@ -28,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from clients.subscriber import Subscriber
 from contract import logs
-from contract.kafka import producer_config
+from contract.kafka import consumer_config, producer_config
 from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from contract.settings import KafkaSettings, load_settings
 from contract.topics import ensure_topics
@@ -79,8 +83,8 @@ def _produce(
 
 def ingest_rate(
     kafka: KafkaSettings, registry: Registry, work: Path, count: int
-) -> tuple[float, list[Any]]:
-    """Records/s the ingester materialises; also returns the writes for the baseline."""
+) -> tuple[dict[str, float], list[Any]]:
+    """The ingester's and the publisher's figures; also returns the writes for the baseline."""
     # GSS's producers never create topics implicitly (contract.kafka.producer_config).
     ensure_topics(kafka, registry)
     producer = _producer(kafka)
@@ -94,18 +98,58 @@ def ingest_rate(
     settings = load_settings(kafka=kafka.model_dump())
     with SignalStore(work / "ingest", list(registry.galaxies)) as store:
         runtime = EventsRuntime(settings, registry, store)
+        cpu = time.process_time()
         start = time.perf_counter()
         runtime.start()
+        first = None
         deadline = time.monotonic() + 600
         while runtime.ingester.stats.applied < count and time.monotonic() < deadline:
-            time.sleep(0.005)
+            if first is None and runtime.ingester.stats.applied:
+                first = (time.perf_counter(), runtime.ingester.stats.applied)
+            time.sleep(0.002)
         elapsed = time.perf_counter() - start
         applied = runtime.ingester.stats.applied
-        runtime.publisher.wait_empty(120)
+        backlog = runtime.outbox.depth
+        drained = runtime.publisher.wait_empty(120)
+        published_after = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        published = runtime.publisher.published
         runtime.stop()
     if applied != count:
         raise RuntimeError(f"only {applied} of {count} records were ingested")
-    return count / elapsed, to_writes(registry, records)
+    if not drained or published < count:
+        raise RuntimeError(f"only {published} of {count} events were published")
+    steady = count / elapsed
+    if first is not None and first[1] < count:
+        steady = (count - first[1]) / (start + elapsed - first[0])
+    return {
+        "ingest": count / elapsed,
+        "steady": steady,
+        "published": count / published_after,
+        "backlog": backlog,
+        "drain_s": published_after - elapsed,
+        "cpu_us": cpu / count * 1e6,
+    }, to_writes(registry, records)
+
+
+def raw_consume_rate(kafka: KafkaSettings, count: int) -> float:
+    """Records/s a bare consumer (the ingester's settings) reads from the changelog's start."""
+    topic = kafka.topic(kafka.changelog_topic, "images")
+    consumer = Consumer(consumer_config(kafka, "gss-bench-raw", "gss-bench-raw"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        got = 0
+        start = time.perf_counter()
+        deadline = time.monotonic() + 120
+        while got < count and time.monotonic() < deadline:
+            got += sum(1 for m in consumer.consume(5000, 0.1) if m.error() is None)
+        elapsed = time.perf_counter() - start
+    finally:
+        consumer.close()
+    if got < count:
+        raise RuntimeError(f"the raw consumer read only {got} of {count} records")
+    return count / elapsed
 
 
 def raw_writebatch_rate(writes: list[Any], path: Path, batch_size: int) -> float:
@@ -220,6 +264,7 @@ def run(report_dir: Path) -> dict[str, Any]:
             kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
             ingest, writes = ingest_rate(kafka, registry, work, count)
             raw = raw_writebatch_rate(writes, work / "raw", kafka.ingest_batch_max_records)
+            consume = raw_consume_rate(kafka, count)
             fresh_kafka = kafka.model_copy(
                 update={
                     "changelog_topic": "fresh.{galaxy}.changelog",
@@ -235,9 +280,16 @@ def run(report_dir: Path) -> dict[str, Any]:
             f"only {received} of {int(rate * seconds)} events reached the subscriber"
         )
     return {
-        "ingest_records_per_s": round(ingest),
+        "ingest_records_per_s": round(ingest["ingest"]),
+        "ingest_steady_records_per_s": round(ingest["steady"]),
         "raw_writebatch_puts_per_s": round(raw),
-        "ingest_vs_raw_ratio": round(ingest / raw, 3),
+        "ingest_vs_raw_ratio": round(ingest["ingest"] / raw, 3),
+        "raw_consume_records_per_s": round(consume),
+        "ingest_vs_raw_consume_ratio": round(ingest["ingest"] / consume, 3),
+        "publish_records_per_s": round(ingest["published"]),
+        "outbox_backlog_at_ingest_end": ingest["backlog"],
+        "outbox_drain_after_ingest_s": round(ingest["drain_s"], 3),
+        "process_cpu_us_per_record": round(ingest["cpu_us"], 1),
         "freshness_p50_ms": round(p50, 2),
         "freshness_p99_ms": round(p99, 2),
         "rate_per_s": rate,

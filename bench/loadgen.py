@@ -61,9 +61,17 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         )
     else:
         channel_cm = grpc.aio.insecure_channel(args.target)
+    # More channels than one: each is its own connection, so with several server processes
+    # on one port (SO_REUSEPORT) the kernel spreads them (a local subchannel pool keeps gRPC
+    # from sharing one connection between channels to the same target).
+    extra = [
+        grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(args.channels - 1)
+    ]
     async with channel_cm as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out
-        await call(requests[0], timeout=10, metadata=metadata)
+        calls = [channel.unary_unary(METHOD)] + [c.unary_unary(METHOD) for c in extra]
+        for each in calls:
+            await each(requests[0], timeout=10, metadata=metadata)
         start = time.perf_counter()
         end = start + args.seconds
 
@@ -71,7 +79,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             nonlocal errors
             t0 = time.perf_counter()
             try:
-                await call(requests[i % len(requests)], timeout=10, metadata=metadata)
+                await calls[i % len(calls)](
+                    requests[i % len(requests)], timeout=10, metadata=metadata
+                )
             except grpc.aio.AioRpcError:
                 errors += 1
                 return
@@ -90,7 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                     if (delay := due - time.perf_counter()) > 0:
                         await asyncio.sleep(delay)
                     try:
-                        await call(
+                        await calls[w % len(calls)](
                             requests[(w + n * args.concurrency) % len(requests)],
                             timeout=10,
                             metadata=metadata,
@@ -112,6 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
             await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
         elapsed = time.perf_counter() - start
+    for each_channel in extra:
+        await each_channel.close()
     latencies.sort()
     return {
         "calls": len(latencies),
@@ -133,6 +145,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--channels", type=int, default=1, help="connections to spread calls on")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ca-file", default=None, help="TLS: the CA of the server's certificate")

@@ -3,9 +3,12 @@
 1. Load ``GSS_BENCH_RECORDS`` (default 1,000,000) values of ~200 bytes through the store's
    write path into RocksDB.
 2. Baseline: multi-get of 100 random keys in a loop, in-process, no gRPC.
-3. A ``gss serve`` process over that store; a separate ``bench.loadgen`` process drives it:
-   closed loop at 64 calls in flight for peak keys/s, then open loop at half that rate for
-   latency. Both for 100-key and 1-key calls.
+3. A ``gss serve`` process over that store; separate ``bench.loadgen`` processes
+   (``GSS_BENCH_CLIENTS``, default 1) drive it over 8 connections: closed loop at 64 calls
+   in flight for peak keys/s, then open loop at half that rate for latency. Both for 100-key
+   and 1-key calls; with ``server.processes`` 1 and ``GSS_BENCH_PROCESSES`` (default 2,
+   keys ``..._processes_N``). Then the resident memory of the server's processes, summed,
+   with the memory settings used (``memory_settings``), and again with a 64 MiB block cache.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +146,94 @@ def serve(data: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Pop
     return server, target
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` plus every process below it (its reader processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        if match := re.search(r"VmRSS:\s+(\d+) kB", status):
+            total += int(match[1]) * 1024
+        todo.extend(children.get(current, []))
+    return total
+
+
+def clients(
+    target: str, count: int, keys: int, seconds: float, n: int, *, rate: float = 0.0
+) -> dict[str, float]:
+    """``n`` load-generator processes at once (64 calls in flight and 8 connections in all),
+    summed; latency percentiles are the worst client's."""
+    extra = ("--concurrency", str(64 // n), "--channels", str(max(1, 8 // n)))
+    with ThreadPoolExecutor(n) as pool:
+        results = list(
+            pool.map(
+                lambda i: loadgen(
+                    target, count, keys, seconds, rate=rate / n, extra=(*extra, "--seed", str(i))
+                ),
+                range(n),
+            )
+        )
+    return {
+        "calls_per_s": sum(r["calls_per_s"] for r in results),
+        "keys_per_s": sum(r["keys_per_s"] for r in results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+    }
+
+
+def measure(
+    data: Path, count: int, seconds: float, processes: int, n_clients: int, memory: dict[str, str]
+) -> dict[str, float]:
+    """Peak and half-peak figures for 100-key and 1-key calls against ``gss serve`` with
+    ``processes`` serving processes, and its resident memory after them."""
+    server, target = serve(data, {"GSS_SERVER__PROCESSES": str(processes), **memory})
+    try:
+        peak_100 = clients(target, count, 100, seconds, n_clients)
+        half_100 = clients(target, count, 100, seconds, n_clients, rate=peak_100["calls_per_s"] / 2)
+        peak_1 = clients(target, count, 1, seconds, n_clients)
+        half_1 = clients(target, count, 1, seconds, n_clients, rate=peak_1["calls_per_s"] / 2)
+        rss = rss_bytes(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {
+        "keys_per_s_100": peak_100["keys_per_s"],
+        "p50_ms_100": peak_100["p50_ms"],
+        "p99_ms_100": peak_100["p99_ms"],
+        "p99_ms_100_at_half_peak": half_100["p99_ms"],
+        "calls_per_s_1": peak_1["calls_per_s"],
+        "p99_ms_1": peak_1["p99_ms"],
+        "p99_ms_1_at_half_peak": half_1["p99_ms"],
+        "rss_mb": rss / 2**20,
+        "errors": peak_100["errors"] + half_100["errors"] + peak_1["errors"] + half_1["errors"],
+    }
+
+
 def run(report_dir: Path) -> dict[str, Any]:
     count = int(os.environ.get("GSS_BENCH_RECORDS", "1000000"))
     seconds = float(os.environ.get("GSS_BENCH_SECONDS", "8"))
+    many = int(os.environ.get("GSS_BENCH_PROCESSES", "2"))
+    n_clients = int(os.environ.get("GSS_BENCH_CLIENTS", "1"))
+    # The memory settings the server runs with (store.*: docs/serving.md), reported as used.
+    memory = {
+        "GSS_STORE__BLOCK_CACHE_BYTES": os.environ.get("GSS_STORE__BLOCK_CACHE_BYTES", "268435456"),
+        "GSS_STORE__WRITE_BUFFER_BYTES": os.environ.get(
+            "GSS_STORE__WRITE_BUFFER_BYTES", "67108864"
+        ),
+        "GSS_STORE__MAX_WRITE_BUFFERS": os.environ.get("GSS_STORE__MAX_WRITE_BUFFERS", "2"),
+        "GSS_STORE__MAX_OPEN_FILES": os.environ.get("GSS_STORE__MAX_OPEN_FILES", "-1"),
+    }
     data = report_dir / "data" / "lookup"
     shutil.rmtree(data, ignore_errors=True)
     registry = load_registry(REGISTRY)
@@ -153,28 +242,56 @@ def run(report_dir: Path) -> dict[str, Any]:
         record_bytes = load(store, count)
         load_seconds = time.perf_counter() - t0
         raw = raw_multiget(store, count, 100, seconds)
-    server, target = serve(data)
     try:
-        peak_100 = loadgen(target, count, 100, seconds)
-        half_100 = loadgen(target, count, 100, seconds, rate=peak_100["calls_per_s"] / 2)
-        peak_1 = loadgen(target, count, 1, seconds)
-        half_1 = loadgen(target, count, 1, seconds, rate=peak_1["calls_per_s"] / 2)
+        one = measure(data, count, seconds, 1, n_clients, memory)
+        multi = measure(data, count, seconds, many, n_clients, memory)
+        # The memory bound at work: the same lookups with a small block cache.
+        small = {**memory, "GSS_STORE__BLOCK_CACHE_BYTES": str(64 * 2**20)}
+        server, target = serve(data, {"GSS_SERVER__PROCESSES": "1", **small})
+        try:
+            small_peak = clients(target, count, 100, seconds, n_clients)
+            small_rss = rss_bytes(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        # The baseline again after the servers (a shared machine's load drifts): ratios are
+        # to the mean of both.
+        with SignalStore(data, list(registry.galaxies), sync_writes=False) as store:
+            raw_after = raw_multiget(store, count, 100, seconds)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
-    return {
+    raw_before, raw = raw, (raw + raw_after) / 2
+    result: dict[str, Any] = {
         "records": count,
         "record_bytes": round(record_bytes, 1),
         "load_records_per_s": round(count / load_seconds),
         "raw_multiget_keys_per_s": round(raw),
-        "gss_keys_per_s_100": round(peak_100["keys_per_s"]),
-        "gss_p50_ms_100": round(peak_100["p50_ms"], 2),
-        "gss_p99_ms_100": round(peak_100["p99_ms"], 2),
-        "gss_p99_ms_100_at_half_peak": round(half_100["p99_ms"], 2),
-        "gss_keys_per_s_1": round(peak_1["keys_per_s"]),
-        "gss_p99_ms_1": round(peak_1["p99_ms"], 2),
-        "gss_p99_ms_1_at_half_peak": round(half_1["p99_ms"], 2),
-        "ratio_100": round(peak_100["keys_per_s"] / raw, 3),
+        "raw_multiget_keys_per_s_before": round(raw_before),
+        "raw_multiget_keys_per_s_after": round(raw_after),
         "concurrency": 64,
+        "load_clients": n_clients,
+        "connections": 8,
+        "processes_many": many,
+        "memory_settings": {
+            k.removeprefix("GSS_STORE__").lower(): int(v) for k, v in memory.items()
+        },
+        "cpus": os.cpu_count(),
     }
+    result["server_rss_mb_1m_records_block_cache_64mb"] = round(small_rss / 2**20, 1)
+    result["gss_keys_per_s_100_block_cache_64mb"] = round(small_peak["keys_per_s"])
+    for processes, figures in ((1, one), (many, multi)):
+        tag = "" if processes == 1 else f"_processes_{processes}"
+        result |= {
+            f"gss_keys_per_s_100{tag}": round(figures["keys_per_s_100"]),
+            f"gss_p50_ms_100{tag}": round(figures["p50_ms_100"], 2),
+            f"gss_p99_ms_100{tag}": round(figures["p99_ms_100"], 2),
+            f"gss_p99_ms_100_at_half_peak{tag}": round(figures["p99_ms_100_at_half_peak"], 2),
+            f"gss_calls_per_s_1{tag}": round(figures["calls_per_s_1"]),
+            f"gss_keys_per_s_1{tag}": round(figures["calls_per_s_1"]),
+            f"gss_p99_ms_1{tag}": round(figures["p99_ms_1"], 2),
+            f"gss_p99_ms_1_at_half_peak{tag}": round(figures["p99_ms_1_at_half_peak"], 2),
+            f"ratio_100{tag}": round(figures["keys_per_s_100"] / raw, 3),
+            f"server_rss_mb_1m_records{tag}": round(figures["rss_mb"], 1),
+            f"errors{tag}": figures["errors"],
+        }
+    return result

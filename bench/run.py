@@ -74,6 +74,14 @@ def main(argv: list[str]) -> int:
             f"lookup: GetSignals 100-key {lookup['gss_keys_per_s_100']:,} keys/s = "
             f"{lookup['ratio_100']:.0%} of raw multi-get {lookup['raw_multiget_keys_per_s']:,} keys/s"
         )
+        many = lookup.get("processes_many")
+        if many and f"gss_keys_per_s_100_processes_{many}" in lookup:
+            print(
+                f"lookup: with {many} serving processes "
+                f"{lookup[f'gss_keys_per_s_100_processes_{many}']:,} keys/s = "
+                f"{lookup[f'ratio_100_processes_{many}']:.0%} of raw; 1-key "
+                f"{lookup[f'gss_calls_per_s_1_processes_{many}']:,} calls/s"
+            )
     print(f"wrote {REPORT.relative_to(BENCH_DIR.parent)}")
     return 1 if failed else 0
 

@@ -35,7 +35,16 @@ class StoreSettings(BaseModel):
     # True: every applied batch is fsynced before it is acknowledged (survives power loss).
     # False: the WAL is written but not fsynced (survives a process crash, not a power cut).
     sync_writes: bool = True
-    block_cache_bytes: int = 512 * 1024 * 1024
+    # Memory (docs/serving.md, "What bounds a lookup"): one LRU block cache shared by every
+    # column family, per serving process (readers of server.processes each have their own).
+    block_cache_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    # Memtables: each column family holds up to max_write_buffers of write_buffer_bytes each
+    # (the writer; a reader holds what it has replayed from the WAL since the last flush).
+    write_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    max_write_buffers: int = Field(default=2, ge=2)
+    # SST files kept open (their table readers); -1: all. Readers always keep all open
+    # (a RocksDB secondary instance needs it), so bound memory by the block cache there.
+    max_open_files: int = Field(default=-1, ge=-1)
 
 
 class TlsSettings(BaseModel):
@@ -148,6 +157,14 @@ class ServerSettings(BaseModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     # Prometheus metrics over HTTP on the same host; 0 picks a free port, -1 turns it off.
     metrics_port: int = 9464
+    # Serving processes on the one port (SO_REUSEPORT): 1 is one process doing everything; N
+    # adds N-1 reader processes over RocksDB secondary instances (docs/serving.md, "What
+    # bounds a lookup"). Writes, the ingester and the publisher stay in the first process.
+    processes: int = Field(default=1, ge=1, le=64)
+    # A reader that has not caught up with a write this long after it was asked to (or whose
+    # heartbeat stopped) is killed and replaced, so it never holds events back nor serves a
+    # stale view of an announced value.
+    reader_catch_up_timeout_seconds: float = Field(default=2.0, gt=0)
 
 
 class KafkaSecuritySettings(BaseModel):

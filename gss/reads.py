@@ -61,6 +61,21 @@ def _expired(stored: bytes) -> bytes:
     return signal_service_pb2.EntitySignals(cells=[cell]).SerializeToString()
 
 
+# A one-cell row framed as a response entity: ``0x0a ‖ varint(len) ‖`` for each length.
+_FRAMES = tuple(_FIELD_1 + varint(n) for n in range(1 << 14))
+_NOT_FOUND_ROW = _FIELD_1 + varint(len(_NOT_FOUND)) + _NOT_FOUND
+
+
+def _framed(n: int) -> bytes:
+    return _FRAMES[n] if n < 16384 else _FIELD_1 + _varint(n)
+
+
+def _keys(galaxy: GalaxySpec, entity_ids: Sequence[str], suffixes: list[bytes]) -> list[bytes]:
+    if len(suffixes) == 1:
+        return galaxy.codec.many_store_keys(entity_ids, suffixes[0])
+    return store_keys(galaxy.codec.many_to_bytes(entity_ids), suffixes)
+
+
 def lookup(
     store: SignalStore,
     galaxy: GalaxySpec,
@@ -68,9 +83,22 @@ def lookup(
     specs: Sequence[SignalSpec],
 ) -> tuple[bytes, LookupCounts]:
     """The serialized GetSignalsResponse for ``entity_ids`` x ``specs``, in request order."""
-    entities = galaxy.codec.many_to_bytes(entity_ids)
     suffixes = [spec.key_suffix for spec in specs]
-    values = store.get_many(galaxy.name, store_keys(entities, suffixes))
+    values = store.get_many(galaxy.name, _keys(galaxy, entity_ids, suffixes))
+    width = len(specs)
+    if width == 1 and not specs[0].ttl:
+        # The hot path: one signal without a TTL; each stored tail is a whole row.
+        body = b"".join(
+            [
+                _NOT_FOUND_ROW
+                if stored is None or stored[0] == _TOMBSTONE
+                else (_FRAMES[n] if (n := len(stored) - _HEADER) < 16384 else _framed(n))
+                + stored[_HEADER:]
+                for stored in values
+            ]
+        )
+        not_found = sum(1 for stored in values if stored is None or stored[0] == _TOMBSTONE)
+        return body, LookupCounts(len(values) - not_found, not_found, 0)
     not_found = 0
     expired = 0
     if any(spec.ttl for spec in specs):
@@ -78,7 +106,6 @@ def lookup(
         cutoffs = [
             now - int(spec.ttl.total_seconds() * 1_000_000) if spec.ttl else None for spec in specs
         ]
-        width = len(specs)
         cells = []
         for i, stored in enumerate(values):
             cutoff = cutoffs[i % width]
@@ -96,11 +123,10 @@ def lookup(
             for stored in values
         ]
         not_found = cells.count(_NOT_FOUND)
-    width = len(specs)
     rows = (
         cells
         if width == 1
         else [b"".join(cells[i : i + width]) for i in range(0, len(cells), width)]
     )
-    body = b"".join([part for row in rows for part in (_FIELD_1, varint(len(row)), row)])
+    body = b"".join([part for row in rows for part in (_framed(len(row)), row)])
     return body, LookupCounts(len(values) - not_found - expired, not_found, expired)

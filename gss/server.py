@@ -39,8 +39,16 @@ from gss.auth.authenticator import Authenticator
 from gss.auth.interceptor import GuardInterceptor
 from gss.auth.tls import server_credentials
 from gss.cluster.node import ClusterNode
+from gss.readers import (
+    INTERNAL_TOKEN_HEADER,
+    Board,
+    ReaderPool,
+    WriterLink,
+    new_internal_endpoint,
+    stored_positions_applied,
+)
 from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
-from store.db import SignalStore
+from store.db import MemoryLimits, SignalStore
 
 if TYPE_CHECKING:
     from gss.kafka.events_runtime import EventsRuntime
@@ -93,6 +101,10 @@ class GssServer:
     # This node's place in the cluster (the single-node default hosts every partition).
     cluster: ClusterNode | None = None
     _serving: bool = False
+    # With server.processes above 1: the reader processes and the writer's private socket
+    # they forward writes to (gss.readers).
+    readers: ReaderPool | None = None
+    internal_server: grpc.aio.Server | None = None
 
     def _set_serving(self, serving: bool) -> None:
         status = (
@@ -107,6 +119,8 @@ class GssServer:
 
         asyncio.run_coroutine_threadsafe(apply(), self.loop).result(timeout=5)
         self._serving = serving
+        if self.readers is not None:
+            self.readers.board.set_serving(serving)
         if self.cluster is not None:
             self.cluster.set_serving(serving)
 
@@ -173,9 +187,17 @@ class GssServer:
                 return
             grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
             log.info("server_stopping", grace_seconds=grace)
+            if self.readers is not None:
+                self.readers.drain()  # the readers drain at the same time as this process
             asyncio.run_coroutine_threadsafe(self._shutdown(grace), self.loop).result(
                 timeout=grace + 30
             )
+            if self.readers is not None:
+                self.readers.stop(grace)
+            if self.internal_server is not None:
+                asyncio.run_coroutine_threadsafe(self.internal_server.stop(0), self.loop).result(
+                    timeout=10
+                )
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=30)
             for hook in self.on_stop:
@@ -235,7 +257,7 @@ async def _health_only_server(
 
 
 async def _build_grpc_server(
-    settings: Settings, service: SignalService, *, serving: bool = True
+    settings: Settings, service: SignalService, *, serving: bool = True, reuseport: bool = False
 ) -> _Built:
     server_settings = settings.server
     # Every call passes the one interceptor: decoding, authentication, permissions, per-caller
@@ -246,7 +268,9 @@ async def _build_grpc_server(
         options=[
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Several serving processes share the port (server.processes, gss.readers); one
+            # process alone refuses a port already taken.
+            ("grpc.so_reuseport", int(reuseport)),
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -280,14 +304,161 @@ async def _build_grpc_server(
     return built
 
 
-def open_store(settings: Settings, registry: Registry) -> SignalStore:
-    """The store at ``store.path`` with a column family for every galaxy of the registry."""
+def open_store(
+    settings: Settings, registry: Registry, *, secondary: str | Path | None = None
+) -> SignalStore:
+    """The store at ``store.path`` with a column family for every galaxy of the registry
+    (``secondary``: a read-only secondary instance of it, its own files there)."""
+    store = settings.store
     return SignalStore(
-        settings.store.path,
+        store.path,
         list(registry.galaxies),
-        sync_writes=settings.store.sync_writes,
-        block_cache_bytes=settings.store.block_cache_bytes,
+        sync_writes=store.sync_writes,
+        limits=MemoryLimits(
+            store.block_cache_bytes,
+            store.write_buffer_bytes,
+            store.max_write_buffers,
+            store.max_open_files,
+        ),
+        secondary_path=secondary,
     )
+
+
+@dataclass
+class ReaderSide:
+    """What a reader process's service needs beyond a server's: its number and its link to
+    the writer."""
+
+    process: int
+    link: WriterLink
+
+
+@dataclass
+class ReaderServer:
+    """A reader process's gRPC server (gss.readers)."""
+
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service: SignalService
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        if self.service.watch is not None:
+            close = getattr(self.service.watch, "close", None)
+            if close is not None:
+                close()
+
+
+async def start_reader_server(
+    settings: Settings, registry: Registry, store: SignalStore, side: ReaderSide
+) -> ReaderServer:
+    """Serve a reader process's view of the store on the writer's port (SO_REUSEPORT):
+    lookups from it, min_positions from the offsets it holds, writes and the cluster map
+    forwarded to the writer. NOT_SERVING until the writer says it is ready."""
+    cluster = ClusterNode(settings, registry)
+    cluster.applied_by = functools.partial(stored_positions_applied, store)
+    watch: WatchSource | None = None
+    if settings.kafka.bootstrap_servers:
+        from gss.kafka.watch import WatchSource as KafkaWatch
+
+        watch = KafkaWatch(settings.kafka, registry)
+    service = SignalService(registry, store, settings.server, None, watch, cluster)
+    service.process = side.process
+    service.writer_link = side.link
+    built = await _build_grpc_server(settings, service, serving=False, reuseport=True)
+    cluster.bound(f"{settings.server.host}:{built.port}")
+    return ReaderServer(built.grpc_server, built.health, service)
+
+
+class _InternalOnly(grpc.aio.ServerInterceptor):
+    """The writer's private socket answers only its readers (who hold the secret)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        metadata = dict(details.invocation_metadata or ())
+        if metadata.get(INTERNAL_TOKEN_HEADER) != self.token:
+
+            async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a reader process")
+
+            return grpc.unary_unary_rpc_method_handler(deny)
+        return await continuation(details)
+
+
+async def _internal_server(address: str, token: str, service: SignalService) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[_InternalOnly(token)],
+        options=[
+            ("grpc.max_receive_message_length", service.settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", service.settings.max_send_message_bytes),
+        ],
+    )
+    handlers = service.method_handlers()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {k: handlers[k] for k in ("PutSignals", "DescribeCluster")}
+            ),
+        )
+    )
+    server.add_insecure_port(address)
+    await server.start()
+    return server
+
+
+def _start_readers(
+    settings: Settings,
+    service: SignalService,
+    store: SignalStore,
+    port: int,
+    loop: asyncio.AbstractEventLoop,
+    events: EventsRuntime | None,
+) -> tuple[ReaderPool, grpc.aio.Server]:
+    """Start the reader processes of ``server.processes`` and gate writes and events on them."""
+    address, token = new_internal_endpoint()
+    internal = asyncio.run_coroutine_threadsafe(
+        _internal_server(address, token, service), loop
+    ).result(timeout=STARTUP_TIMEOUT_SECONDS)
+    store_path = Path(settings.store.path)
+    board = Board(
+        store_path.parent / f".{store_path.name}.readers" / "board",
+        settings.server.processes - 1,
+        create=True,
+    )
+    board.set_serving(events is None)
+    pool = ReaderPool(settings, port, address, token, board)
+    gate = pool.gate
+
+    def readable_everywhere() -> None:
+        gate.wait(store.sequence())
+
+    service.after_write = readable_everywhere
+    if events is not None:
+        events.publisher.readable_gate = gate.wait
+    try:
+        pool.start(STARTUP_TIMEOUT_SECONDS * 2)
+    except Exception:
+        asyncio.run_coroutine_threadsafe(internal.stop(0), loop).result(timeout=10)
+        raise
+    log.info(
+        "reader_processes_serving",
+        processes=settings.server.processes,
+        readers=pool.pids(),
+        port=port,
+    )
+    return pool, internal
 
 
 def seed_store(settings: Settings, registry: Registry) -> None:
@@ -387,8 +558,17 @@ def start_server(
     thread.start()
     try:
         built = asyncio.run_coroutine_threadsafe(
-            _build_grpc_server(settings, service, serving=events is None), loop
+            _build_grpc_server(
+                settings,
+                service,
+                serving=events is None,
+                reuseport=server_settings.processes > 1,
+            ),
+            loop,
         ).result(timeout=STARTUP_TIMEOUT_SECONDS)
+        readers = internal = None
+        if server_settings.processes > 1:
+            readers, internal = _start_readers(settings, service, store, built.port, loop, events)
     except Exception as exc:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
@@ -441,6 +621,8 @@ def start_server(
         health_port=built.health_port,
         cluster=cluster,
         _serving=events is None,
+        readers=readers,
+        internal_server=internal,
     )
     cluster.set_serving(events is None)
     cluster.bound(server.address)

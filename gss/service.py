@@ -13,7 +13,7 @@ import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -35,9 +35,14 @@ from gss.cluster.node import ClusterNode
 from gss.writes import check_event_times, to_writes
 from store.db import SignalStore
 
+if TYPE_CHECKING:
+    from gss.readers import WriterLink
+
 log = structlog.get_logger(__name__)
 
 SERVICE = "gss.v1.SignalService"
+# Trailing metadata of ListGalaxies naming the serving process that answered (0: the writer).
+PROCESS_HEADER = "gss-process"
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -75,6 +80,29 @@ class WatchSource(Protocol):
     ) -> AsyncIterator[signal_service_pb2.WatchSignalsResponse]: ...
 
 
+# Labelled metric children, looked up once: ``labels()`` costs more than a 1-key lookup's
+# own code (docs/serving.md, "What bounds a lookup"). The label sets are small and fixed
+# (methods x codes, methods x galaxies of the registry or "unknown").
+@functools.cache
+def _handled(method: str, code: str) -> Any:
+    return metrics.GRPC_HANDLED.labels("unary", SERVICE, method, code)
+
+
+@functools.cache
+def _seconds(method: str) -> Any:
+    return metrics.GRPC_SECONDS.labels("unary", SERVICE, method)
+
+
+@functools.cache
+def _galaxy_seconds(method: str, galaxy: str) -> Any:
+    return metrics.GALAXY_REQUEST_SECONDS.labels(method, galaxy)
+
+
+@functools.cache
+def _cells(galaxy: str, status: str) -> Any:
+    return metrics.LOOKUP_CELLS.labels(galaxy, status)
+
+
 def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[..., Awaitable[Any]]]:
     def decorate(
         fn: Callable[[SignalService, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
@@ -106,9 +134,9 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
             finally:
                 elapsed = time.perf_counter() - start
                 galaxy = self.galaxy_label(getattr(request, "galaxy", ""))
-                metrics.GRPC_HANDLED.labels("unary", SERVICE, method, code.name).inc()
-                metrics.GRPC_SECONDS.labels("unary", SERVICE, method).observe(elapsed)
-                metrics.GALAXY_REQUEST_SECONDS.labels(method, galaxy).observe(elapsed)
+                _handled(method, code.name).inc()
+                _seconds(method).observe(elapsed)
+                _galaxy_seconds(method, galaxy).observe(elapsed)
                 if always_log or error or elapsed > SLOW_CALL_SECONDS:
                     request_id = (
                         dict(context.invocation_metadata() or ()).get("x-request-id")
@@ -150,6 +178,12 @@ class SignalService:
         self.changelog = changelog
         self.watch = watch
         self.cluster = cluster
+        # Several serving processes (gss.readers): which one this is (0: the writer); in a
+        # reader, the link PutSignals and DescribeCluster are forwarded over; in the writer,
+        # what a write waits for before it is acknowledged (every reader caught up with it).
+        self.process = 0
+        self.writer_link: WriterLink | None = None
+        self.after_write: Callable[[], None] | None = None
 
     def galaxy_label(self, name: str) -> str:
         return name if name in self.registry.galaxies else "unknown"
@@ -185,11 +219,11 @@ class SignalService:
         if galaxy.deprecated_refs:
             metrics.count_deprecated_lookups(galaxy, specs, len(request.entity_ids))
         body, counts = reads.lookup(self.store, galaxy, request.entity_ids, specs)
-        metrics.LOOKUP_CELLS.labels(galaxy.name, "found").inc(counts.found)
+        _cells(galaxy.name, "found").inc(counts.found)
         if counts.not_found:
-            metrics.LOOKUP_CELLS.labels(galaxy.name, "not_found").inc(counts.not_found)
+            _cells(galaxy.name, "not_found").inc(counts.not_found)
         if counts.expired:
-            metrics.LOOKUP_CELLS.labels(galaxy.name, "expired").inc(counts.expired)
+            _cells(galaxy.name, "expired").inc(counts.expired)
         return body
 
     async def _wait_positions(
@@ -222,6 +256,9 @@ class SignalService:
         request: signal_service_pb2.DescribeClusterRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.ClusterMap:
+        if self.writer_link is not None:
+            link = self.writer_link
+            return await link.call(link.describe, request, context.time_remaining())  # type: ignore[no-any-return]
         if self.cluster is None:
             raise UnavailableError("this server has no cluster view")
         return self.cluster.describe()
@@ -275,21 +312,34 @@ class SignalService:
             producer = CURRENT_CALLER.get().identity
             for record in records:
                 record.envelope.producer = producer
+        if self.writer_link is not None:
+            # A reader process: the writer process stores it (and acknowledges it only once
+            # every serving process reads it).
+            link = self.writer_link
+            forwarded = signal_service_pb2.PutSignalsRequest(
+                records=records, wait_readable=wait_readable
+            )
+            return await link.call(link.put, forwarded, context.time_remaining())  # type: ignore[no-any-return]
         # Writes block (fsync, broker round trips): they run in a worker thread, never on the
         # event loop that serves lookups.
         if self.changelog is not None:
             timeout = context.time_remaining() or self.settings.default_deadline_seconds
-            return await asyncio.to_thread(
+            response = await asyncio.to_thread(
                 self.changelog.put,
                 records,
                 wait_readable=wait_readable,
                 timeout_seconds=timeout,
             )
+            if wait_readable and self.after_write is not None:
+                await asyncio.to_thread(self.after_write)
+            return response
         writes = to_writes(self.registry, records)
         try:
             result = await asyncio.to_thread(self.store.apply, writes)
         except RuntimeError as exc:  # closed during shutdown
             raise UnavailableError(f"the store is not accepting writes: {exc}") from exc
+        if self.after_write is not None:
+            await asyncio.to_thread(self.after_write)
         applied = signal_service_pb2.WRITE_OUTCOME_APPLIED
         skipped = signal_service_pb2.WRITE_OUTCOME_SKIPPED_NOT_NEWER
         return signal_service_pb2.PutSignalsResponse(
@@ -303,6 +353,8 @@ class SignalService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> signal_service_pb2.ListGalaxiesResponse:
         caller = CURRENT_CALLER.get()
+        # Which serving process answered (gss.readers): for tests and diagnosis.
+        context.set_trailing_metadata(((PROCESS_HEADER, str(self.process)),))
         return signal_service_pb2.ListGalaxiesResponse(
             galaxies=[
                 galaxy_message(g) for g in self.registry if caller.may(Permission.READ, g.name)

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import structlog
 from rocksdict import (
+    AccessType,
     BlockBasedOptions,
     Cache,
     Checkpoint,
@@ -62,18 +63,37 @@ class AppliedBatch:
         return len(self.applied) - self.applied_count
 
 
-# Given the writes that will be stored, the meta-CF puts to commit with them (outbox entries).
+# Given the writes that won (each replaced its key's value, in batch order: the writes stored and
+# any the batch itself superseded), the meta-CF puts to commit with them (outbox entries).
 DeriveMeta = Callable[[Sequence[Write]], Iterable[tuple[bytes, bytes]]]
 
 
-def _options(block_cache_bytes: int) -> Options:
+@dataclass(frozen=True, slots=True)
+class MemoryLimits:
+    """What bounds a store's memory (settings ``store.*``, docs/serving.md): one block cache
+    shared by every column family; per column family up to ``max_write_buffers`` memtables
+    of ``write_buffer_bytes``; ``max_open_files`` table readers (-1: all)."""
+
+    block_cache_bytes: int = 256 * 1024 * 1024
+    write_buffer_bytes: int = 64 * 1024 * 1024
+    max_write_buffers: int = 2
+    max_open_files: int = -1
+
+
+def _options(limits: MemoryLimits, cache: Cache, *, secondary: bool = False) -> Options:
     opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.create_missing_column_families(True)
+    opts.create_if_missing(not secondary)
+    opts.create_missing_column_families(not secondary)
     opts.set_compression_type(DBCompressionType.lz4())
     opts.increase_parallelism(2)
+    opts.set_write_buffer_size(limits.write_buffer_bytes)
+    opts.set_max_write_buffer_number(limits.max_write_buffers)
+    # A secondary instance must keep every file open: the primary may delete a compacted file
+    # it still reads (RocksDB's requirement for secondaries).
+    opts.set_max_open_files(-1 if secondary else limits.max_open_files)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(block_cache_bytes))
+    # One cache for every column family (a cache per family would multiply the bound).
+    table.set_block_cache(cache)
     # Lookups of absent values are common (signals not computed yet): bloom filters answer them
     # without reading data blocks.
     table.set_bloom_filter(10, False)
@@ -96,23 +116,56 @@ class SignalStore:
         galaxies: Iterable[str],
         *,
         sync_writes: bool = True,
-        block_cache_bytes: int = 256 * 1024 * 1024,
+        block_cache_bytes: int | None = None,
+        limits: MemoryLimits | None = None,
+        secondary_path: str | Path | None = None,
     ) -> None:
+        """``secondary_path``: open a read-only RocksDB *secondary instance* of the primary at
+        ``path`` (its own files go to ``secondary_path``); it sees the primary's writes as of
+        its last :meth:`catch_up`, and :meth:`apply` refuses."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.galaxies = tuple(galaxies)
-        opts = _options(block_cache_bytes)
-        existing = (
-            set(Rdict.list_cf(str(self.path), opts)) if (self.path / "CURRENT").exists() else set()
-        )
-        wanted = existing | set(self.galaxies) | {META_CF}
-        self._db = Rdict(
-            str(self.path),
-            opts,
-            column_families={
-                name: _options(block_cache_bytes) for name in wanted if name != "default"
-            },
-        )
+        self.secondary = secondary_path is not None
+        if limits is None:
+            limits = MemoryLimits()
+        if block_cache_bytes is not None:
+            limits = MemoryLimits(
+                block_cache_bytes,
+                limits.write_buffer_bytes,
+                limits.max_write_buffers,
+                limits.max_open_files,
+            )
+        self.limits = limits
+        cache = Cache(limits.block_cache_bytes)
+        opts = _options(limits, cache, secondary=self.secondary)
+        if secondary_path is not None:
+            Path(secondary_path).mkdir(parents=True, exist_ok=True)
+            existing = set(Rdict.list_cf(str(self.path), opts))
+            self._db = Rdict(
+                str(self.path),
+                opts,
+                column_families={
+                    name: _options(limits, cache, secondary=True)
+                    for name in existing
+                    if name != "default"
+                },
+                access_type=AccessType.secondary(str(secondary_path)),
+            )
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            existing = (
+                set(Rdict.list_cf(str(self.path), opts))
+                if (self.path / "CURRENT").exists()
+                else set()
+            )
+            wanted = existing | set(self.galaxies) | {META_CF}
+            self._db = Rdict(
+                str(self.path),
+                opts,
+                column_families={
+                    name: _options(limits, cache) for name in wanted if name != "default"
+                },
+            )
         self._cfs = {name: self._db.get_column_family(name) for name in (*self.galaxies, META_CF)}
         self._handles = {name: self._db.get_column_family_handle(name) for name in self._cfs}
         self._write_opts = WriteOptions()
@@ -128,7 +181,27 @@ class SignalStore:
             store_path=str(self.path),
             galaxies=list(self.galaxies),
             sync_writes=sync_writes,
+            secondary=self.secondary,
+            block_cache_bytes=limits.block_cache_bytes,
+            write_buffer_bytes=limits.write_buffer_bytes,
+            max_write_buffers=limits.max_write_buffers,
         )
+
+    def sequence(self) -> int:
+        """RocksDB's last sequence number this instance sees: every committed batch up to it
+        is readable here (a secondary: as of its last :meth:`catch_up`)."""
+        return int(self._db.latest_sequence_number())
+
+    def catch_up(self) -> int:
+        """A secondary instance: replay what the primary committed since the last call (WAL
+        and manifest); returns the sequence now readable here."""
+        if not self.secondary:
+            return self.sequence()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the signal store is closed")
+            self._db.try_catch_up_with_primary()
+            return int(self._db.latest_sequence_number())
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -186,14 +259,29 @@ class SignalStore:
         example changelog offsets) and the entries ``derive_meta`` returns for the winning
         writes (for example outbox events) are put in the meta column family in the same
         WriteBatch, so all or none of it is durable.
+
+        ``derive_meta`` gets every write that wins as if the batch's writes were applied one
+        at a time, in order: each newer than the key's value before it (stored, or an earlier
+        write of the batch) and no equal fact — a write the batch itself supersedes too,
+        though only the last is stored. So what is derived does not depend on how writes are
+        split into batches: replicas batch one changelog differently (one catching up takes
+        large batches, a live one small ones), and their events must be the same, ids and
+        all (docs/cluster.md: a takeover resends what lies beyond the last commit).
         """
         with self._lock:
             if self._closed:
                 raise RuntimeError("the signal store is closed")
+            if self.secondary:
+                raise RuntimeError("a secondary instance of the store is read-only")
             winners: dict[tuple[str, bytes], int] = {}
             by_galaxy: dict[str, list[int]] = {}
             for i, write in enumerate(writes):
                 by_galaxy.setdefault(write.galaxy, []).append(i)
+            # The writes derive_meta gets: each that replaced its key's pending value, in batch
+            # order (the batch applied one write at a time), not only the last, which is stored.
+            won: list[int] = []
+            # Whether a key's first write of the batch repeats the stored fact (asked once).
+            repeats: dict[int, bool] = {}
             for galaxy, indexes in by_galaxy.items():
                 current = self.get_many(galaxy, [writes[i].key for i in indexes])
                 best: dict[bytes, tuple[tuple[int, int], int]] = {}
@@ -214,14 +302,23 @@ class SignalStore:
                         if held and records.same_value(write.stored, writes[held[1]].stored):
                             continue  # repeats the batch's pending value
                         best[write.key] = (order, i)
+                        if not held:
+                            repeats[i] = stored is not None and records.same_value(
+                                write.stored, stored
+                            )
+                        if held or not repeats[i]:
+                            won.append(i)
                 stored_of = dict(zip(indexes, current, strict=True))
                 for key, (_, i) in best.items():
                     # An equal fact (event time and value bytes) is no new value: skipped, so
                     # re-runs and backfills over the same input write and announce nothing.
                     held_stored = stored_of[i]
-                    if held_stored is not None and records.same_value(
-                        writes[i].stored, held_stored
-                    ):
+                    repeat = repeats.get(i)
+                    if repeat is None:
+                        repeat = held_stored is not None and records.same_value(
+                            writes[i].stored, held_stored
+                        )
+                    if repeat:
                         continue
                     winners[(galaxy, key)] = i
             applied = [False] * len(writes)
@@ -233,8 +330,7 @@ class SignalStore:
             for key, value in (meta or {}).items():
                 batch.put(key, value, meta_cf)
             if derive_meta is not None:
-                stored_writes = [writes[i] for i in sorted(winners.values())]
-                for key, value in derive_meta(stored_writes):
+                for key, value in derive_meta([writes[i] for i in sorted(won)]):
                     batch.put(key, value, meta_cf)
             for key in delete_meta:
                 batch.delete(key, meta_cf)
@@ -284,7 +380,8 @@ class SignalStore:
             if self._closed:
                 return
             self._closed = True
-            self._db.flush_wal(True)
+            if not self.secondary:
+                self._db.flush_wal(True)
             # Column-family objects keep the DB (and its LOCK file) alive until dropped.
             self._cfs.clear()
             self._handles.clear()

@@ -68,12 +68,24 @@ def message_dict(message: Message) -> dict[str, Any]:
 @click.option(
     "--data", type=click.Path(file_okay=False), default=None, help="Store directory (store.path)."
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Serving processes on the port: a writer and N-1 readers (server.processes).",
+)
 @pass_cli
-def serve(cli: CliContext, host: str | None, port: int | None, data: str | None) -> None:
+def serve(
+    cli: CliContext, host: str | None, port: int | None, data: str | None, processes: int | None
+) -> None:
     """Serve the GSS gRPC API until SIGTERM or Ctrl-C (drains in-flight calls, then closes the store)."""
     from gss.server import start_server
 
-    server_overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    server_overrides = {
+        k: v
+        for k, v in {"host": host, "port": port, "processes": processes}.items()
+        if v is not None
+    }
     store_overrides = {"path": data} if data else {}
     settings = cli.settings(server=server_overrides, store=store_overrides)
     server = start_server(settings)
@@ -305,9 +317,21 @@ def galaxies(cli: CliContext, target: str | None, as_json: bool) -> None:
     help="Content events a second (half of them images; on 2 cores the job with the "
     "pretrained models keeps up with about 3-8 images a second).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Serving processes on the port: a writer and N-1 readers (server.processes).",
+)
 @pass_cli
 def run(
-    cli: CliContext, duration: float | None, data: str, port: int | None, compute: bool, rate: float
+    cli: CliContext,
+    duration: float | None,
+    data: str,
+    port: int | None,
+    compute: bool,
+    rate: float,
+    processes: int | None,
 ) -> None:
     """Run the main job on embedded defaults: broker, Triton, GSS, the Flink job and a content
     generator, showing signals becoming readable and announced."""
@@ -317,8 +341,9 @@ def run(
         "store": {"path": str(Path(data) / "store")},
         "compute": {"checkpoint_dir": (Path(data) / "flink-checkpoints").resolve().as_uri()},
     }
-    if port is not None:
-        overrides["server"] = {"port": port}
+    server = {k: v for k, v in {"port": port, "processes": processes}.items() if v is not None}
+    if server:
+        overrides["server"] = server
     settings = cli.settings(**overrides)
     run_local_stack(
         settings,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -40,6 +40,9 @@ class ClusterNode:
         self.election: PublisherElection | None = None
         self.membership: Membership | None = None
         self._serving = False
+        # A reader process (gss.readers) answers min_positions from the offsets its view of
+        # the store holds, having no ingester of its own.
+        self.applied_by: Callable[[Sequence[envelope_pb2.ChangelogPosition]], bool] | None = None
 
     def attach(self, ingester: Ingester, election: PublisherElection | None = None) -> None:
         """Follow ``ingester`` for positions and readiness (and ``election`` for which
@@ -107,6 +110,8 @@ class ClusterNode:
     def applied(self, positions: Iterable[envelope_pb2.ChangelogPosition]) -> bool:
         """Whether this node has applied every given changelog position (True without a broker,
         where every acknowledged write is applied before it is acknowledged)."""
+        if self.applied_by is not None:
+            return self.applied_by(list(positions))
         return self.ingester is None or self.ingester.applied(positions)
 
     # -- the map -------------------------------------------------------------------------------

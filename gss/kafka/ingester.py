@@ -13,6 +13,11 @@ Malformed records (undecodable, naming another galaxy, an unknown signal, a valu
 type, a Kafka key that is not the record's entity) become dead letters in the same batch, so
 their offsets advance with everything else and the partition never stalls.
 
+Throughput (docs/events.md, "What bounds ingest"): a well-formed record takes a hot path that
+splices its stored record and its event from serialized parts (:class:`_FastPath`,
+:class:`gss.kafka.outbox.WriteFacts`); anything else takes :func:`decode_record`, the
+reference, which gives the same writes and dead letters.
+
 Readiness: a partition is *caught up* once the consumer has reached its end at least once
 since it was assigned (librdkafka's partition EOF); its lag is the end offset the broker
 reported in its last fetch response minus the next offset to apply (no extra round trip).
@@ -25,8 +30,9 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 from confluent_kafka import (
@@ -38,9 +44,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from contract import deadletter, headers
+from contract import deadletter, headers, protowire
 from contract.deadletter import Reason
 from contract.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from contract.kafka import admin_config, consume_available, consumer_config
@@ -64,8 +71,9 @@ from gss.kafka.meta import (
     parse_offset_entry,
     topic_id_key,
 )
-from gss.kafka.outbox import Outbox
+from gss.kafka.outbox import Outbox, WriteFacts
 from gss.writes import now_us, to_write
+from store import records
 from store.db import SignalStore, Write
 
 log = structlog.get_logger(__name__)
@@ -221,6 +229,8 @@ class DecodedBatch:
     store, the dead letters, and the next offset of every partition the batch touched."""
 
     writes: list[Write] = field(default_factory=list)
+    # facts[i]: what the hot path knew of writes[i] (None: decoded by the reference path).
+    facts: list[WriteFacts | None] = field(default_factory=list)
     dead_letters: list[OutboxEntry] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -233,6 +243,132 @@ class DecodedBatch:
         return {offset_key(t, p): encode_offset(o) for (t, p), o in self.next_offsets.items()}
 
 
+# The range of google.protobuf.Timestamp seconds (as gss.writes checks it).
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+class _Plan(NamedTuple):
+    """What the hot path needs of one signal version, looked up once per batch."""
+
+    version: int
+    type_url: str
+    parse: Callable[[bytes], object]  # the value type's FromString: the value must decode
+    key_suffix: bytes
+
+
+class _FastPath:
+    """The batch step's hot path for a well-formed record (most of them): the same checks as
+    :func:`decode_record`, with the stored record spliced from serialized parts
+    (:func:`store.records.encode_serialized`) instead of built message by message. Anything
+    unusual (a tombstone, a producer-set write time or source, a failed check) returns None,
+    and :func:`decode_record`, the reference, decides: the same write or the same dead letter."""
+
+    def __init__(self, write_time_us: int) -> None:
+        self._plans: dict[tuple[str, str, int], _Plan | None] = {}
+        write_time = timestamp_pb2.Timestamp()
+        write_time.FromMicroseconds(write_time_us)
+        self.write_time = write_time.SerializeToString()
+        self._write_time_field = protowire.length_delimited(2, self.write_time)
+        self._positions: dict[tuple[str, int], bytes] = {}
+
+    def _plan(self, galaxy: GalaxySpec, name: str, version: int) -> _Plan | None:
+        key = (galaxy.name, name, version)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        plan = None
+        if version:  # a write names its version (gss.writes.resolve)
+            with contextlib.suppress(NotFoundError):
+                spec = galaxy.signal(name, version)
+                plan = _Plan(
+                    spec.version, spec.type_url, spec.message_class.FromString, spec.key_suffix
+                )
+        self._plans[key] = plan
+        return plan
+
+    def decode(
+        self, galaxy: GalaxySpec, msg: Message, topic: str, partition: int, offset: int
+    ) -> tuple[Write, WriteFacts] | None:
+        raw = msg.value()
+        if not raw:
+            return None
+        try:
+            record = envelope_pb2.SignalRecord.FromString(raw)
+        except DecodeError:
+            return None
+        if record.galaxy != galaxy.name or record.tombstone:
+            return None
+        signal = record.signal
+        plan = self._plan(galaxy, signal.name, signal.version)
+        value = record.value
+        if plan is None or value.type_url != plan.type_url:
+            return None
+        value_bytes = value.value
+        try:
+            plan.parse(value_bytes)
+        except DecodeError:
+            return None
+        envelope = record.envelope
+        has = envelope.HasField
+        if not has("event_time") or has("write_time") or has("source"):
+            return None
+        event_time = envelope.event_time
+        seconds, nanos = event_time.seconds, event_time.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+            return None
+        codec = galaxy.codec
+        try:
+            entity = codec.to_bytes(record.entity_id)
+        except InvalidArgumentError:
+            return None
+        if msg.key() != entity:
+            return None
+        head = self._positions.get((topic, partition))
+        if head is None:
+            head = protowire.length_delimited(1, topic.encode()) + protowire.varint_field(
+                2, partition
+            )
+            self._positions[(topic, partition)] = head
+        position = head + protowire.varint_field(3, offset)
+        any_bytes = value.SerializeToString()
+        envelope_bytes = envelope.SerializeToString()
+        # The envelope's first field is its event time (fields serialize in number order).
+        if envelope_bytes[0] == 0x0A and envelope_bytes[1] < 0x80:
+            event_time_bytes = envelope_bytes[2 : 2 + envelope_bytes[1]]
+        else:
+            event_time_bytes = event_time.SerializeToString()
+        event_us = seconds * 1_000_000 + nanos // 1000
+        stored = records.encode_serialized(
+            plan.version,
+            any_bytes,
+            b"".join(
+                (
+                    envelope_bytes,
+                    self._write_time_field,
+                    b"\x32",  # Envelope.source
+                    protowire.varint(len(position)),
+                    position,
+                )
+            ),
+            event_us,
+            offset,
+        )
+        facts = WriteFacts(
+            codec.to_text(entity),
+            event_us,
+            event_time_bytes,
+            self.write_time,
+            position,
+            partition,
+            offset,
+            any_bytes,
+            value_bytes,
+            envelope,
+        )
+        return Write(galaxy.name, entity + plan.key_suffix, stored, record.override_ordering), facts
+
+
 def decode_batch(
     galaxy_of: Mapping[str, GalaxySpec],
     registry: Registry,
@@ -243,18 +379,32 @@ def decode_batch(
     (gss/rebuild.py): each record (of a topic in ``galaxy_of``, changelog topic → galaxy)
     becomes a write or a dead letter, and its partition's next offset advances past it."""
     batch = DecodedBatch()
+    fast = _FastPath(write_time_us)
+    writes, facts, next_offsets = batch.writes, batch.facts, batch.next_offsets
+    # Kafka timestamps (ms) of the good records, per galaxy: the oldest and newest are kept.
+    stamps: dict[str, list[int]] = {}
     for msg in msgs:
         topic, partition, offset = position_of(msg)
         galaxy = galaxy_of[topic]
-        batch.next_offsets[(topic, partition)] = offset + 1
-        try:
-            batch.writes.append(decode_record(galaxy, registry, msg, write_time_us))
-            ts = msg.timestamp()[1] / 1000
-            batch.oldest[galaxy.name] = min(ts, batch.oldest.get(galaxy.name, ts))
-            batch.newest[galaxy.name] = max(ts, batch.newest.get(galaxy.name, ts))
-        except DeadLetter as exc:
-            batch.dead_letters.append(dead_letter_entry(galaxy, msg, exc))
-            batch.rejected.append(Rejected(galaxy.name, f"{topic}:{partition}:{offset}", exc))
+        next_offsets[(topic, partition)] = offset + 1
+        decoded = fast.decode(galaxy, msg, topic, partition, offset)
+        if decoded is not None:
+            writes.append(decoded[0])
+            facts.append(decoded[1])
+        else:
+            try:
+                writes.append(decode_record(galaxy, registry, msg, write_time_us))
+                facts.append(None)
+            except DeadLetter as exc:
+                batch.dead_letters.append(dead_letter_entry(galaxy, msg, exc))
+                batch.rejected.append(Rejected(galaxy.name, f"{topic}:{partition}:{offset}", exc))
+                continue
+        galaxy_stamps = stamps.get(galaxy.name)
+        if galaxy_stamps is None:
+            galaxy_stamps = stamps[galaxy.name] = []
+        galaxy_stamps.append(msg.timestamp()[1])
+    batch.oldest = {name: min(ts) / 1000 for name, ts in stamps.items()}
+    batch.newest = {name: max(ts) / 1000 for name, ts in stamps.items()}
     return batch
 
 
@@ -584,16 +734,25 @@ class Ingester:
             )
         writes, dead = batch.writes, batch.dead_letters
         next_offsets, oldest, newest = batch.next_offsets, batch.oldest, batch.newest
-        result = self.outbox.apply_with_events(writes, meta=batch.offset_meta(), dead_letters=dead)
+        result = self.outbox.apply_with_events(
+            writes, meta=batch.offset_meta(), dead_letters=dead, facts=batch.facts
+        )
         committed = time.time()
         with self._applied_cond:
             self._next.update(next_offsets)
             self._applied_cond.notify_all()
         outcomes: Counter[tuple[str, str]] = Counter()
-        for write, applied in zip(writes, result.applied, strict=True):
-            outcomes[(write.galaxy, "applied" if applied else "skipped")] += 1
+        if len(oldest) == 1:  # the galaxies of the good records: one, the usual case
+            (galaxy_name,) = oldest
+            applied_count = result.applied_count
+            outcomes[(galaxy_name, "applied")] = applied_count
+            outcomes[(galaxy_name, "skipped")] = len(writes) - applied_count
+        else:
+            for write, applied in zip(writes, result.applied, strict=True):
+                outcomes[(write.galaxy, "applied" if applied else "skipped")] += 1
         for (galaxy_name, outcome), n in outcomes.items():
-            metrics.CHANGELOG_RECORDS.labels(galaxy_name, outcome).inc(n)
+            if n:
+                metrics.CHANGELOG_RECORDS.labels(galaxy_name, outcome).inc(n)
         # One observation per batch and galaxy (its oldest record): per record would cost more
         # than the rest of the bookkeeping.
         for galaxy_name, ts in oldest.items():

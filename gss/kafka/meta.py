@@ -82,22 +82,14 @@ class OutboxEntry:
     headers: tuple[tuple[str, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
-        galaxy = self.galaxy.encode()
-        key = self.key if self.key is not None else b""
-        parts = [
-            bytes([_ENTRY_FORMAT, int(self.kind), 1 if self.key is not None else 0]),
-            _U16.pack(len(galaxy)),
-            galaxy,
-            _U32.pack(len(key)),
-            key,
-            _U32.pack(len(self.value)),
+        headers = b"".join(encode_header(name, value) for name, value in self.headers)
+        return join_entry(
+            entry_head(self.kind, self.galaxy, has_key=self.key is not None),
+            self.key if self.key is not None else b"",
             self.value,
-            _U16.pack(len(self.headers)),
-        ]
-        for name, value in self.headers:
-            raw = name.encode()
-            parts += [_U16.pack(len(raw)), raw, _U32.pack(len(value)), value]
-        return b"".join(parts)
+            len(self.headers),
+            headers,
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> OutboxEntry:
@@ -144,3 +136,35 @@ class OutboxEntry:
 
 
 _KINDS = {int(kind): kind for kind in EntryKind}
+
+
+# The encoding of an entry in parts, so a hot path can keep the parts that do not change
+# (format, kind, galaxy, constant headers) encoded once.
+
+
+def entry_head(kind: EntryKind, galaxy: str, *, has_key: bool) -> bytes:
+    """An encoded entry's first bytes: format, kind, whether it has a key, the galaxy."""
+    raw = galaxy.encode()
+    return bytes([_ENTRY_FORMAT, int(kind), 1 if has_key else 0]) + _U16.pack(len(raw)) + raw
+
+
+def encode_header(name: str, value: bytes) -> bytes:
+    """One encoded header of an entry."""
+    raw = name.encode()
+    return _U16.pack(len(raw)) + raw + _U32.pack(len(value)) + value
+
+
+def join_entry(head: bytes, key: bytes, value: bytes, header_count: int, headers: bytes) -> bytes:
+    """An encoded entry from its :func:`entry_head`, key (empty without one), value and its
+    ``header_count`` headers' :func:`encode_header` encodings, concatenated in order."""
+    return b"".join(
+        (
+            head,
+            _U32.pack(len(key)),
+            key,
+            _U32.pack(len(value)),
+            value,
+            _U16.pack(header_count),
+            headers,
+        )
+    )

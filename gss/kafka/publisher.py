@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
@@ -48,13 +48,8 @@ _KIND_TOPIC = {EntryKind.AVAILABLE: TopicKind.AVAILABLE, EntryKind.DLQ: TopicKin
 _MAX_BACKOFF_SECONDS = 5.0
 
 
-@dataclass(slots=True)
-class _Report:
-    generation: int
-    key: bytes
-    galaxy: str
-    kind: EntryKind
-    error: KafkaError | None
+# A delivery report: producer generation, outbox key, galaxy, kind, error (None: acknowledged).
+_Report = tuple[int, bytes, str, EntryKind, KafkaError | None]
 
 
 class OutboxPublisher:
@@ -91,6 +86,10 @@ class OutboxPublisher:
         self._backfill_rate = kafka.backfill_events_per_second
         self._tokens = max(1.0, self._backfill_rate)
         self._tokens_at = time.monotonic()
+        # With several serving processes (gss.readers): blocks until every one of them reads
+        # at least the given store sequence number, so nothing is announced before it is
+        # readable through every process that serves.
+        self.readable_gate: Callable[[int], None] | None = None
 
     def start(self) -> OutboxPublisher:
         if self._thread is None:
@@ -115,11 +114,11 @@ class OutboxPublisher:
             time.sleep(0.02)
         return self.outbox.depth == 0
 
-    def _topic(self, entry: OutboxEntry) -> str:
-        cache_key = (entry.kind, entry.galaxy)
+    def _topic(self, kind: EntryKind, galaxy: str) -> str:
+        cache_key = (kind, galaxy)
         topic = self._topics.get(cache_key)
         if topic is None:
-            topic = topic_name(self.kafka, _KIND_TOPIC[entry.kind], entry.galaxy)
+            topic = topic_name(self.kafka, _KIND_TOPIC[kind], galaxy)
             self._topics[cache_key] = topic
         return topic
 
@@ -224,16 +223,34 @@ class OutboxPublisher:
         cursor and how many were handed over."""
         sent = 0
         start = cursor + b"\x00" if cursor is not None else None
-        for key, raw in self.outbox.store.scan_meta(prefix, limit, start=start):
+        entries = list(self.outbox.store.scan_meta(prefix, limit, start=start))
+        if entries and self.readable_gate is not None:
+            # Read after the scan, the store's sequence covers every entry (and its value,
+            # committed in the same batch): wait until every serving process reads it.
+            self.readable_gate(self.outbox.store.sequence())
+        pending = self.outbox.pending
+        for key, raw in entries:
+            # The entry as the ingester made it, when it is still at hand (the store's copy
+            # is what says that it is committed, and in which order). With an election
+            # (replicas), entries are decoded from the store as they always were.
+            ready = pending.pop(key, None)
+            if key in in_flight:
+                cursor = key
+                continue
+            if ready is not None and self.election is None:
+                if not self._produce(producer, key, *ready):
+                    pending[key] = ready
+                    break
+                cursor = key
+                in_flight.add(key)
+                sent += 1
+                continue
             try:
                 entry = OutboxEntry.decode(raw)
             except ValueError as exc:
                 # Never written by this GSS (or damaged): it can never be sent.
                 log.error("outbox_entry_unreadable", error=str(exc), outbox_key=key.hex())
                 self.outbox.removed([key])
-                continue
-            if key in in_flight:
-                cursor = key
                 continue
             if self.election is not None:
                 position = entry_position(entry)
@@ -246,25 +263,37 @@ class OutboxPublisher:
                         self._skipped += 1
                         continue
                     self._positions[key] = position
-            if not self._produce(producer, key, entry):
+            if not self._produce(
+                producer, key, entry.kind, entry.galaxy, entry.key, entry.value, entry.headers
+            ):
                 break
             cursor = key
             in_flight.add(key)
             sent += 1
         return cursor, sent
 
-    def _produce(self, producer: Producer, key: bytes, entry: OutboxEntry) -> bool:
+    def _produce(
+        self,
+        producer: Producer,
+        key: bytes,
+        kind: EntryKind,
+        galaxy: str,
+        kafka_key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> bool:
         generation = self._generation
 
         def report(err: KafkaError | None, _msg: Message) -> None:
-            self._reports.append(_Report(generation, key, entry.galaxy, entry.kind, err))
+            # self._reports, not a local: _collect swaps the list
+            self._reports.append((generation, key, galaxy, kind, err))
 
         try:
             producer.produce(
-                self._topic(entry),
-                value=entry.value,
-                key=entry.key,
-                headers=list(entry.headers),
+                self._topic(kind, galaxy),
+                value=value,
+                key=kafka_key,
+                headers=headers if isinstance(headers, list) else list(headers),
                 on_delivery=report,
             )
         except BufferError:
@@ -277,21 +306,23 @@ class OutboxPublisher:
         failure: KafkaError | None = None
         counts: Counter[tuple[str, EntryKind]] = Counter()
         published: dict[tuple[str, int], int] = {}
-        for report in reports:
-            if report.generation != self._generation:
+        current = self._generation
+        positions = self._positions
+        for generation, key, galaxy, kind, error in reports:
+            if generation != current:
                 continue  # a discarded producer's report: its entries are being sent again
-            in_flight.discard(report.key)
-            position = self._positions.pop(report.key, None)
-            if report.error is None:
-                acked.append(report.key)
-                counts[(report.galaxy, report.kind)] += 1
+            in_flight.discard(key)
+            position = positions.pop(key, None) if positions else None
+            if error is None:
+                acked.append(key)
+                counts[(galaxy, kind)] += 1
                 if position is not None:
                     topic, partition, offset = position
                     published[(topic, partition)] = max(
                         offset, published.get((topic, partition), -1)
                     )
             elif failure is None:
-                failure = report.error
+                failure = error
         for (galaxy, kind), n in counts.items():
             metrics.OUTBOX_PUBLISHED.labels(galaxy, kind.name.lower()).inc(n)
         if published and self.election is not None:

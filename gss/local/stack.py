@@ -293,7 +293,11 @@ def _run(
         server = start_server(settings)
         stack.callback(_stopped, out, "GSS server (ingester and publisher drained, store closed)")
         stack.callback(server.stop)
-        out.write(f"GSS serving on {server.address}; store at {settings.store.path}\n")
+        out.write(
+            f"GSS serving on {server.address} ({settings.server.processes} serving "
+            f"process{'es' if settings.server.processes > 1 else ''}, server.processes); "
+            f"store at {settings.store.path}\n"
+        )
         flow = FlowReport(settings.kafka, server.registry, from_beginning=local_broker)
         stack.callback(lambda: out.write(f"{flow.total} availability events in all\n"))
         stack.enter_context(flow)
