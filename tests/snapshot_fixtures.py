@@ -53,7 +53,7 @@ def example_value(signal: str, n: int, rnd: random.Random | None = None) -> Mess
         return signals_pb2.SafetyScore(
             score=rnd.random(), label="ünsafe-" + str(n % 3), model_version=f"v{n % 4}"
         )
-    if signal == "save_count_1h":
+    if signal in ("save_count_1h", "save_count_last_hour"):
         value = signals_pb2.WindowedCount(count=rnd.randrange(10_000))
         if n % 5:  # some without a window, to prove unset Timestamps stay unset
             start = BASE_TIME + timedelta(hours=n % 24)
