@@ -64,7 +64,7 @@ from compute.examples.pins.save_count_last_hour import save_count_last_hour
 from compute.execution import run_map
 from compute.flink import gateway
 from compute.flink.run import ComputeJob, ensure_topics
-from contract import logs
+from contract import logs, processes
 from contract.kafka import producer_config
 from contract.registry import DEFAULT_REGISTRY_PATH, load_registry
 from contract.settings import Settings, load_settings
@@ -357,33 +357,12 @@ def freshness(
 def _job_cpu_seconds() -> float:
     """CPU seconds used so far by this process's Flink processes (the MiniCluster's JVM and its
     Python workers): the job's cost, which load from other processes does not inflate."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    names: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            names[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    mine = {os.getpid()}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in mine and pid not in mine:
-                mine.add(pid)
-                grew = True
-    return sum(
-        cpu[pid]
-        for pid in mine
-        if pid != os.getpid() and (b"java" in names[pid] or b"pyflink" in names[pid])
-    )
+    flink = [
+        pid
+        for pid, command in processes.descendants(os.getpid()).items()
+        if "java" in command or "pyflink" in command
+    ]
+    return processes.cpu_seconds(flink)
 
 
 def throughput(

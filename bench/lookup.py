@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from contract import processes
 from contract.keys import store_key
 from contract.registry import load_registry
 from contract.v1 import envelope_pb2, signals_pb2
@@ -148,24 +149,7 @@ def serve(data: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Pop
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` plus every process below it (its reader processes)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        if match := re.search(r"VmRSS:\s+(\d+) kB", status):
-            total += int(match[1]) * 1024
-        todo.extend(children.get(current, []))
-    return total
+    return processes.rss_bytes([pid, *processes.descendants(pid)])
 
 
 def clients(
@@ -279,8 +263,8 @@ def run(report_dir: Path) -> dict[str, Any]:
     }
     result["server_rss_mb_1m_records_block_cache_64mb"] = round(small_rss / 2**20, 1)
     result["gss_keys_per_s_100_block_cache_64mb"] = round(small_peak["keys_per_s"])
-    for processes, figures in ((1, one), (many, multi)):
-        tag = "" if processes == 1 else f"_processes_{processes}"
+    for count, figures in ((1, one), (many, multi)):
+        tag = "" if count == 1 else f"_processes_{count}"
         result |= {
             f"gss_keys_per_s_100{tag}": round(figures["keys_per_s_100"]),
             f"gss_p50_ms_100{tag}": round(figures["p50_ms_100"], 2),

@@ -28,7 +28,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 # Resolved in the parent: the child, between fork and exec, only calls it.
@@ -106,3 +107,48 @@ def kill_tracked() -> list[str]:
 
 
 atexit.register(kill_tracked)
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live (not zombie) process below ``root``, from /proc: pid -> command line."""
+    parents: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            pid = int(stat.parent.name)
+            parents.setdefault(int(fields[1]), []).append(pid)
+            commands[pid] = command.decode(errors="replace").strip()
+    found: dict[int, str] = {}
+    queue = [root]
+    while queue:
+        for child in parents.get(queue.pop(), []):
+            found[child] = commands[child]
+            queue.append(child)
+    return found
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident memory of ``pids`` together (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User and system CPU seconds ``pids`` have used so far (those gone count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total

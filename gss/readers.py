@@ -563,7 +563,7 @@ class _Reader:
             self.board.bound(self.slot)
             log.info("reader_process_serving", port=self.settings.server.port, pid=os.getpid())
             serving: bool | None = None
-            registry_state = _file_state(Path(self.settings.registry_path))
+            registry_state = file_state(Path(self.settings.registry_path))
             next_registry_check = time.monotonic() + REGISTRY_POLL_SECONDS
             while not drain.is_set():
                 if os.getppid() != parent_pid or self.board.stopping:
@@ -571,7 +571,7 @@ class _Reader:
                 if time.monotonic() >= next_registry_check:
                     # Follow the registry file's lifecycle changes as the writer does.
                     next_registry_check = time.monotonic() + REGISTRY_POLL_SECONDS
-                    state = _file_state(Path(self.settings.registry_path))
+                    state = file_state(Path(self.settings.registry_path))
                     if state != registry_state:
                         registry_state = state
                         self._reload_registry()
@@ -594,7 +594,9 @@ class _Reader:
             log.info("reader_process_stopped", pid=os.getpid())
 
 
-def _file_state(path: Path) -> tuple[int, int, int] | None:
+def file_state(path: Path) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of the file ``path`` names (following links), None if unreadable:
+    what changes when the registry file is rewritten."""
     try:
         stat = path.stat()
     except OSError:

@@ -44,6 +44,7 @@ from gss.readers import (
     Board,
     ReaderPool,
     WriterLink,
+    file_state,
     new_internal_endpoint,
     stored_positions_applied,
 )
@@ -59,15 +60,6 @@ STARTUP_TIMEOUT_SECONDS = 30.0
 READINESS_POLL_SECONDS = 0.2
 # How often a server checks its registry file for lifecycle changes (besides SIGHUP).
 REGISTRY_POLL_SECONDS = 5.0
-
-
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """(mtime, size, inode) of the file ``path`` names (following links), None if unreadable."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 @dataclass
@@ -154,7 +146,7 @@ class GssServer:
         if self.registry_path is None:
             return False
         with self._reload_lock:
-            self._registry_state = _file_state(self.registry_path)
+            self._registry_state = file_state(self.registry_path)
             try:
                 changes = self.registry.adopt_lifecycle(load_registry(self.registry_path))
             except GssError as exc:
@@ -165,7 +157,7 @@ class GssServer:
 
     def _poll_registry(self, interval: float) -> None:
         while not self._stopped.wait(interval):
-            if _file_state(self.registry_path) != self._registry_state:  # type: ignore[arg-type]
+            if file_state(self.registry_path) != self._registry_state:  # type: ignore[arg-type]
                 self.reload_registry()
 
     def follow_registry(self, interval: float = REGISTRY_POLL_SECONDS) -> None:
@@ -518,7 +510,7 @@ def start_server(
     """
     server_settings = settings.server
     registry_path = None if registry is not None else Path(settings.registry_path)
-    registry_state = _file_state(registry_path) if registry_path is not None else None
+    registry_state = file_state(registry_path) if registry_path is not None else None
     registry = registry or load_registry(settings.registry_path)
     if store is None:
         seed_store(settings, registry)

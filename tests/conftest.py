@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import processes
 from contract.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from contract.settings import Settings, load_settings
 from gss.server import GssServer, start_server
@@ -49,21 +50,8 @@ def gss_server(tmp_path: Path) -> Iterator[GssServer]:
 
 
 def _descendants(root: int) -> list[int]:
-    """PIDs of every live process below ``root`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # zombies are already dead
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [root]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
+    """PIDs of every live process below ``root``."""
+    return list(processes.descendants(root))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

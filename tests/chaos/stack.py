@@ -69,17 +69,7 @@ def _proc_table() -> dict[int, tuple[int, str]]:
 
 def descendants(root: int) -> dict[int, str]:
     """Every live process below ``root``: pid -> command line."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, str] = {}
-    queue = [root]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found[child] = table[child][1]
-            queue.append(child)
-    return found
+    return processes.descendants(root)
 
 
 def processes_mentioning(text: str) -> dict[int, str]:
@@ -100,15 +90,7 @@ def kill_tree(pid: int) -> int:
 
 def rss_bytes(pid: int | None) -> int:
     """Resident memory of ``pid`` and its descendants (0 if gone)."""
-    if pid is None:
-        return 0
-    total = 0
-    for one in [pid, *descendants(pid)]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    return 0 if pid is None else processes.rss_bytes([pid, *processes.descendants(pid)])
 
 
 def _popen(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
