@@ -79,6 +79,18 @@ def _wait_map(client: ClusterClient, nodes: int, timeout: float = 30.0) -> None:
     raise AssertionError(f"the map never showed {nodes} serving nodes: {client.cluster_map}")
 
 
+def _wait_node_map(address: str, nodes: int, timeout: float = 30.0) -> None:
+    """Until the node at ``address`` itself describes ``nodes`` live, serving nodes (bounded)."""
+    deadline = time.monotonic() + timeout
+    with GssClient(address, timeout=5) as node:
+        while time.monotonic() < deadline:
+            cluster = node.cluster_map()
+            if sum(n.live and n.serving for n in cluster.nodes) == nodes:
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"{address} never described {nodes} serving nodes: {cluster}")
+
+
 def _count(n: int) -> signals_pb2.WindowedCount:
     return signals_pb2.WindowedCount(count=n)
 
@@ -117,6 +129,9 @@ def test_map_routing_refusal_and_read_after_write(
     with _cluster(tmp_path, kafka, 3, 2) as cluster:
         client = ClusterClient(cluster.addresses[1], timeout=5)
         _wait_map(client, 3)
+        # Each node learns the others from its own view of the membership: wait for all three.
+        for address in cluster.addresses:
+            _wait_node_map(address, 3)
         status = CliRunner().invoke(
             main, ["cluster", "status", "--target", cluster.addresses[2], "--json"]
         )
