@@ -92,8 +92,8 @@ class PublisherElection:
             return self._committed.get((topic, partition), 0)
 
     def published(self, offsets: Mapping[Partition, int]) -> None:
-        """The broker acknowledged the events of these changelog offsets (the highest, per
-        partition): commit the offset after each, for the other replicas."""
+        """The broker acknowledged the events of these changelog offsets and of every offset
+        before them, per partition: commit the offset after each, for the other replicas."""
         with self._lock:
             for key, offset in offsets.items():
                 if offset + 1 > self._to_commit.get(key, self._committed.get(key, 0)):

@@ -68,6 +68,9 @@ class OutboxPublisher:
         self.election = election
         self._election_generation = -1
         self._positions: dict[bytes, tuple[str, int, int]] = {}
+        # Per changelog partition, the highest offset whose events the broker acknowledged:
+        # committed (by _prune) only up to the oldest entry of the partition still unsent.
+        self._acked: dict[tuple[str, int], int] = {}
         self._next_prune = 0.0
         self._skipped = 0  # entries of the last round left to other replicas
         # The partitions this node publishes, fixed for a whole round: an entity's events must
@@ -305,7 +308,6 @@ class OutboxPublisher:
         acked: list[bytes] = []
         failure: KafkaError | None = None
         counts: Counter[tuple[str, EntryKind]] = Counter()
-        published: dict[tuple[str, int], int] = {}
         current = self._generation
         positions = self._positions
         for generation, key, galaxy, kind, error in reports:
@@ -318,15 +320,13 @@ class OutboxPublisher:
                 counts[(galaxy, kind)] += 1
                 if position is not None:
                     topic, partition, offset = position
-                    published[(topic, partition)] = max(
-                        offset, published.get((topic, partition), -1)
+                    self._acked[(topic, partition)] = max(
+                        offset, self._acked.get((topic, partition), -1)
                     )
             elif failure is None:
                 failure = error
         for (galaxy, kind), n in counts.items():
             metrics.OUTBOX_PUBLISHED.labels(galaxy, kind.name.lower()).inc(n)
-        if published and self.election is not None:
-            self.election.published(published)
         if acked:
             oldest = min(outbox_sequence(key) for key in acked)
             metrics.EVENT_PUBLISH_DELAY.observe(max(0.0, time.time() - oldest / 1e9))
@@ -334,9 +334,22 @@ class OutboxPublisher:
         return acked, failure
 
     def _prune(self) -> None:
-        """Delete entries whose partition's publisher (this node or another replica) has
-        committed past them."""
+        """Commit, for the partitions this node publishes, the offset before which every
+        event was acknowledged; delete entries whose partition's publisher (this node or
+        another replica) has committed past them.
+
+        Acknowledgements arrive out of changelog order (an entity's events go to its own
+        partition of the events topic, and backfill entries wait for tokens), so the highest
+        acknowledged offset is not what can be committed: a replica taking over would start
+        after it and never send the older entries still unsent. What is committed is the
+        oldest offset of an entry still in the outbox, or, when none is, the highest
+        acknowledged. Both are read before the scan: the ingester applies a partition in
+        offset order, so an entry older than one the scan sees was already in the outbox
+        when its iterator was made.
+        """
         assert self.election is not None
+        acked = dict(self._acked)
+        oldest: dict[tuple[str, int], int] = {}
         done: list[bytes] = []
         for prefix in (OUTBOX_PREFIX, BACKFILL_OUTBOX_PREFIX):
             for key, raw in self.outbox.store.scan_meta(prefix):
@@ -344,13 +357,21 @@ class OutboxPublisher:
                     position = entry_position(OutboxEntry.decode(raw))
                 except ValueError:
                     continue  # _send reports and removes it
-                if position is not None and position[2] < self.election.committed(
-                    position[0], position[1]
-                ):
+                if position is None:
+                    continue
+                topic, partition, offset = position
+                if offset < self.election.committed(topic, partition):
                     done.append(key)
+                elif offset < oldest.get((topic, partition), offset + 1):
+                    oldest[(topic, partition)] = offset
         if done:
             self.outbox.removed(done)
             log.debug("outbox_pruned", outbox_entries=len(done))
+        _, owned = self.election.owned()
+        commit = {p: offset for p, offset in acked.items() if p in owned and p not in oldest}
+        commit.update({p: offset - 1 for p, offset in oldest.items() if p in owned})
+        if commit:
+            self.election.published(commit)
 
     def _recover(self, producer: Producer, failure: KafkaError) -> None:
         self.failures += 1
