@@ -3,16 +3,22 @@
 gRPC: go-grpc-prometheus's ``grpc_server_handled_total`` and ``grpc_server_handling_seconds``.
 Domain: ``gss_*`` with base units; labels are bounded (galaxy, signal, version, method, code),
 never ids.
+
+With several serving processes (``server.processes``, gss.readers) the writer's one
+``/metrics`` reports them all: :class:`ServingProcessesCollector`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 import gss
@@ -130,3 +136,61 @@ def record_apply(
         VALUES_WRITTEN.labels(galaxy_name, outcome).inc(n)
     for (galaxy_name, name, version), n in deprecated.items():
         DEPRECATED_WRITES.labels(galaxy_name, name, str(version)).inc(n)
+
+
+# prometheus_client's multiprocess mode: set in a reader process's environment when it is
+# spawned (before it imports prometheus_client), the directory its values are written to.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Summed across processes; every gauge of GSS is a value only the writer knows.
+_SUMMED_TYPES = ("counter", "histogram")
+
+
+class ServingProcessesCollector(Collector):
+    """The whole server's metrics when it serves from several processes (``server.processes``
+    above 1): what ``registry`` holds in this process (the writer), plus what every reader,
+    alive or dead, counted in ``directory``.
+
+    Readers run in prometheus_client's multiprocess mode: each writes its values to files of
+    its own there, and :class:`MultiProcessCollector` sums them. The files of a dead reader
+    stay (``mark_process_dead`` removes only live gauges), so a counter never goes back when a
+    reader is killed and replaced. The writer cannot count that way: its metrics exist from
+    import, before it knows it will start readers, and servers also run inside processes that
+    hold other metrics (``gss run``, tests). So its counters and histograms are added here to
+    the readers' samples of the same name and labels (a histogram's buckets are cumulative on
+    both sides, over the same bounds). Gauges and the rest (store size and values, freshness,
+    changelog lag, outbox entries, build and process info) are the writer's alone, reported
+    once: readers set none (their files hold only zeros of gauges they imported)."""
+
+    def __init__(self, directory: str | Path, registry: CollectorRegistry = REGISTRY) -> None:
+        self.readers = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        merged: Iterable[Metric] = self.readers.collect()  # type: ignore[no-untyped-call]
+        readers = {family.name: family for family in merged if family.type in _SUMMED_TYPES}
+        for family in self.registry.collect():
+            theirs = readers.pop(family.name, None)
+            yield family if theirs is None else _summed(family, theirs)
+        yield from readers.values()
+
+
+def _summed(writer: Metric, readers: Metric) -> Metric:
+    """One family whose samples are the sums of the writer's and the readers' (by name and
+    labels, in any order; a sample only one side has, such as the writer's ``_created``,
+    as it is)."""
+    totals: dict[tuple[str, frozenset[tuple[str, str]]], tuple[dict[str, str], float]] = {}
+    for sample in (*writer.samples, *readers.samples):
+        key = (sample.name, frozenset(sample.labels.items()))
+        labels, value = totals.get(key, (sample.labels, 0.0))
+        totals[key] = labels, value + sample.value
+    family = Metric(writer.name, writer.documentation, writer.type, writer.unit)
+    for (name, _), (labels, value) in totals.items():
+        family.add_sample(name, labels, value)
+    return family
+
+
+def serving_processes_registry(directory: str | Path) -> CollectorRegistry:
+    """What the writer's ``/metrics`` serves when it has readers counting in ``directory``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServingProcessesCollector(directory))
+    return registry

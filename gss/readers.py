@@ -26,6 +26,11 @@ within ``server.reader_catch_up_timeout_seconds`` (or whose heartbeat stopped) i
 SIGKILL — it can then serve nothing stale — and leaves the gate; either way a replacement is
 started, which joins the gate *before* it binds the port and catches up once more after
 joining, so it never serves a view older than an event already published.
+
+**Metrics**: readers count in prometheus_client's multiprocess mode, in files of a directory
+beside the store (emptied when the readers start; a dead reader's counts stay there; removed
+once the writer's ``/metrics`` is closed), and the writer's ``/metrics`` adds them to its own
+(:class:`gss.metrics.ServingProcessesCollector`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 
 from contract import processes
 from contract.errors import (
@@ -62,6 +68,7 @@ from contract.errors import (
 )
 from contract.settings import Settings
 from contract.v1 import envelope_pb2, signal_service_pb2
+from gss.metrics import MULTIPROCESS_DIR_ENV
 
 if TYPE_CHECKING:
     from store.db import SignalStore
@@ -275,6 +282,17 @@ class ReaderPool:
         store = Path(self.settings.store.path)
         return store.parent / f".{store.name}.readers"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the readers write their metrics (prometheus_client's multiprocess files)."""
+        store = Path(self.settings.store.path)
+        return store.parent / f".{store.name}.metrics"
+
+    def remove_metrics(self) -> None:
+        """Remove the readers' metrics: once the writer's ``/metrics`` no longer reads them
+        (removed with the readers, a scrape while the writer stops would see counters drop)."""
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
     def _spawn(self, slot: int) -> None:
         self.board.assign(slot)
         secondary = self.secondary_root / str(slot)
@@ -287,6 +305,8 @@ class ReaderPool:
         process = subprocess.Popen(
             [sys.executable, "-c", "from gss.readers import main; main()"],
             stdin=subprocess.PIPE,
+            # Set before the reader imports prometheus_client: it counts in files there.
+            env={**os.environ, MULTIPROCESS_DIR_ENV: str(self.metrics_dir)},
             start_new_session=True,
             pass_fds=(wake_read,),
             preexec_fn=processes.child_preexec(signal.SIGKILL),  # noqa: PLW1509 (prctl only)
@@ -320,6 +340,9 @@ class ReaderPool:
 
     def start(self, timeout_seconds: float) -> ReaderPool:
         """Start every reader and wait until each serves on the port."""
+        # Fresh for this run: counts left by an earlier run's readers are not this server's.
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
         with self._lock:
             for slot in range(self.board.slots):
                 self._spawn(slot)
@@ -330,6 +353,7 @@ class ReaderPool:
             for slot, process in self._procs.items():
                 if process.poll() is not None:
                     self.stop(0)
+                    self.remove_metrics()
                     raise OSError(
                         f"reader process {slot + 1} exited with code {process.returncode} "
                         "before serving (its log says why)"
@@ -337,6 +361,7 @@ class ReaderPool:
             time.sleep(0.02)
         else:
             self.stop(0)
+            self.remove_metrics()
             raise OSError(f"reader processes did not serve within {timeout_seconds:.0f} s")
         self._reaper = threading.Thread(target=self._reap, name="gss-reader-reaper", daemon=True)
         self._reaper.start()
@@ -363,6 +388,9 @@ class ReaderPool:
                     if process.poll() is None:
                         continue
                     processes.untrack(process.pid)
+                    # Its counters stay in the metrics directory (they must not go back);
+                    # only its live gauges, if any, go.
+                    mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
                     if self.board.state(slot) != DEAD:
                         self.board.mark_dead(slot)
                     log.error(

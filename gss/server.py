@@ -29,7 +29,7 @@ import grpc.aio
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from contract.errors import GssError
 from contract.registry import Registry, load_registry
@@ -48,7 +48,7 @@ from gss.readers import (
     new_internal_endpoint,
     stored_positions_applied,
 )
-from gss.service import SERVICE, ChangelogWriter, SignalService, WatchSource
+from gss.service import FORWARDED_CALL, SERVICE, ChangelogWriter, SignalService, WatchSource
 from store.db import MemoryLimits, SignalStore
 
 if TYPE_CHECKING:
@@ -196,6 +196,8 @@ class GssServer:
                 hook()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
+            if self.readers is not None:
+                self.readers.remove_metrics()
             self.store.close()
             self._stopped.set()
             log.info("server_stopped")
@@ -373,7 +375,8 @@ async def start_reader_server(
 
 
 class _InternalOnly(grpc.aio.ServerInterceptor):
-    """The writer's private socket answers only its readers (who hold the secret)."""
+    """The writer's private socket answers only its readers (who hold the secret). Their calls
+    are forwarded clients' calls, which the readers count: not counted again here."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -386,7 +389,23 @@ class _InternalOnly(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a reader process")
 
             return grpc.unary_unary_rpc_method_handler(deny)
-        return await continuation(details)
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+
+        async def forwarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = FORWARDED_CALL.set(True)
+            try:
+                return await behavior(request, context)
+            finally:
+                FORWARDED_CALL.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            forwarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 async def _internal_server(address: str, token: str, service: SignalService) -> grpc.aio.Server:
@@ -449,6 +468,7 @@ def _start_readers(
         processes=settings.server.processes,
         readers=pool.pids(),
         port=port,
+        metrics_directory=str(pool.metrics_dir),
     )
     return pool, internal
 
@@ -574,8 +594,16 @@ def start_server(
     metrics_server = None
     metrics_port = None
     if server_settings.metrics_port >= 0:
+        # One endpoint for the whole server: with readers, their counts are added to this
+        # process's (gss.metrics.ServingProcessesCollector).
         metrics_server, _thread = start_http_server(
-            server_settings.metrics_port, addr=server_settings.host
+            server_settings.metrics_port,
+            addr=server_settings.host,
+            registry=(
+                REGISTRY
+                if readers is None
+                else metrics.serving_processes_registry(readers.metrics_dir)
+            ),
         )
         metrics_port = metrics_server.server_port
     metrics.STORE_SIZE.set_function(store.size_bytes)

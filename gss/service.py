@@ -13,6 +13,7 @@ import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
@@ -43,6 +44,9 @@ log = structlog.get_logger(__name__)
 SERVICE = "gss.v1.SignalService"
 # Trailing metadata of ListGalaxies naming the serving process that answered (0: the writer).
 PROCESS_HEADER = "gss-process"
+# True while the writer handles a call a reader forwarded to it (gss.readers): the reader the
+# client called counts that call in the request metrics, so the writer does not count it again.
+FORWARDED_CALL: ContextVar[bool] = ContextVar("gss_forwarded_call", default=False)
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -134,9 +138,10 @@ def _rpc(method: str, *, always_log: bool = False) -> Callable[..., Callable[...
             finally:
                 elapsed = time.perf_counter() - start
                 galaxy = self.galaxy_label(getattr(request, "galaxy", ""))
-                _handled(method, code.name).inc()
-                _seconds(method).observe(elapsed)
-                _galaxy_seconds(method, galaxy).observe(elapsed)
+                if not FORWARDED_CALL.get():
+                    _handled(method, code.name).inc()
+                    _seconds(method).observe(elapsed)
+                    _galaxy_seconds(method, galaxy).observe(elapsed)
                 if always_log or error or elapsed > SLOW_CALL_SECONDS:
                     request_id = (
                         dict(context.invocation_metadata() or ()).get("x-request-id")

@@ -4,7 +4,8 @@ A real ``gss serve`` with reader processes over RocksDB secondary instances and 
 every availability event's value is readable, the moment the event arrives, through
 connections to every serving process; a reader killed with SIGKILL or hung (SIGSTOP) holds
 no event back for long and is replaced; writes through any process are acknowledged only once
-every process reads them; SIGTERM leaves no process behind.
+every process reads them; SIGTERM leaves no process behind; the writer's /metrics counts the
+calls of every serving process, and a killed reader's counts stay.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from conftest import _descendants, server_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import count_record, dhash_record, image_id
 from kafka_support import Collector, kafka_overrides, produce
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.lookup import GssClient
 from contract.registry import Registry
@@ -33,6 +36,7 @@ from contract.settings import KafkaSettings
 from contract.v1 import envelope_pb2, signal_service_pb2, signals_pb2
 from contract.v1.signal_service_pb2_grpc import SignalServiceStub
 from gss.local.broker import LocalBroker
+from gss.readers import BOUND
 from gss.server import GssServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -418,6 +422,8 @@ def direct_server(tmp_path: Path) -> Iterator[GssServer]:
         pids = running.readers.pids() if running.readers else []
         running.stop(grace=1.0)
         assert not [p for p in pids if _alive(p)]
+        assert running.readers is not None
+        assert not running.readers.metrics_dir.exists()  # the readers' metric files too
 
 
 def test_read_after_write_across_processes_without_a_broker(direct_server: GssServer) -> None:
@@ -472,3 +478,124 @@ def test_readiness_reaches_every_process(direct_server: GssServer) -> None:
     finally:
         for conn in conns:
             conn.channel.close()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(server: GssServer) -> Samples:
+    """The writer's /metrics, every sample by name and labels; each metric reported once."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        families = list(text_string_to_metric_families(response.read().decode()))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names)), "a metric reported more than once"
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+
+def summed(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and wanted <= set(have))
+
+
+def lookup_pins(conn: Conn, ids: list[str]) -> None:
+    conn.stub.GetSignals(
+        signal_service_pb2.GetSignalsRequest(
+            galaxy="pins",
+            entity_ids=ids,
+            signals=[envelope_pb2.SignalRef(name="save_count_1h", version=1)],
+        ),
+        timeout=10,
+    )
+
+
+def test_metrics_count_the_calls_of_every_serving_process(direct_server: GssServer) -> None:
+    """The writer's /metrics is the whole server's: a lookup counts once whichever process
+    served it, and a write a reader forwards to the writer counts once too."""
+    # The server runs in this test process: its counters may hold earlier tests' calls.
+    before = scrape(direct_server)
+    served = {0: 0, 1: 0}
+    for _ in range(3):
+        # Fresh connections, one landing on each process; uneven counts per process, so
+        # a count of the writer's calls alone (or of each call twice) cannot pass.
+        for conn in connections_to_every_process(direct_server.address, 2):
+            try:
+                for i in range(4 + 3 * conn.process):
+                    lookup_pins(conn, [str(i), str(100 + i)])
+                    served[conn.process] += 1
+            finally:
+                conn.channel.close()
+    assert served == {0: 12, 1: 21}
+    conns = connections_to_every_process(direct_server.address, 2)
+    try:
+        for conn in conns:
+            conn.stub.PutSignals(
+                signal_service_pb2.PutSignalsRequest(records=[count_record(500, 1)]), timeout=10
+            )
+    finally:
+        for conn in conns:
+            conn.channel.close()
+    after = scrape(direct_server)
+
+    def counted(name: str, **labels: str) -> float:
+        return summed(after, name, **labels) - summed(before, name, **labels)
+
+    calls = sum(served.values())
+    handled = "grpc_server_handled_total"
+    assert counted(handled, grpc_method="GetSignals", grpc_code="OK") == calls
+    assert counted(handled, grpc_method="GetSignals") == calls
+    assert counted("grpc_server_handling_seconds_count", grpc_method="GetSignals") == calls
+    assert counted("gss_request_seconds_count", method="GetSignals", galaxy="pins") == calls
+    assert counted("gss_lookup_cells_total", galaxy="pins", status="not_found") == 2 * calls
+    # Through the reader, forwarded to the writer: counted by the process the client called.
+    assert counted(handled, grpc_method="PutSignals", grpc_code="OK") == 2
+    assert counted("gss_values_written_total", galaxy="pins") == 2
+    # The writer's own values, once: no per-process copies.
+    assert [k for k in after if k[0] == "gss_store_size_bytes"] == [("gss_store_size_bytes", ())]
+
+
+def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -> None:
+    """kill -9 a reader: while it is reaped and replaced the whole server's counters never go
+    back, and the replacement's calls add to them."""
+    assert direct_server.readers is not None
+    pool = direct_server.readers
+
+    def lookups() -> float:
+        return summed(scrape(direct_server), "grpc_server_handled_total", grpc_method="GetSignals")
+
+    start = lookups()
+    writer, reader = connections_to_every_process(direct_server.address, 2)
+    try:
+        for i in range(10):
+            lookup_pins(reader, [str(i)])
+        for i in range(4):
+            lookup_pins(writer, [str(i)])
+    finally:
+        writer.channel.close()
+        reader.channel.close()
+    assert lookups() - start == 14
+    (killed,) = pool.pids()
+    os.kill(killed, signal.SIGKILL)
+    seen: list[float] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen.append(lookups() - start)
+        replaced = [p for p in pool.pids() if p != killed]
+        if replaced and pool.board.state(0) == BOUND:
+            break
+        time.sleep(0.05)
+    assert replaced, "the killed reader was not replaced"
+    assert seen == [14] * len(seen), f"counts went back while the reader was replaced: {seen}"
+    writer, reader = connections_to_every_process(direct_server.address, 2)
+    try:
+        for i in range(6):
+            lookup_pins(reader, [str(i)])
+    finally:
+        writer.channel.close()
+        reader.channel.close()
+    assert lookups() - start == 20
