@@ -290,6 +290,12 @@ class ComputeSettings(BaseModel):
     # (docs/compute.md, "Performance"). 1 hands records over one by one.
     batch_max_records: int = Field(default=256, ge=1)
     batch_max_delay_seconds: float = Field(default=0.02, ge=0)
+    # Windows and joins (the keyed, stateful steps) run in a slot-sharing group of this name,
+    # apart from the steps chained to the sources (map plugins, group-by extraction, join
+    # inputs): each group takes a task slot and a Python worker of its own, so map values never
+    # wait behind join and window work (docs/compute.md, "Performance"). A job with both needs
+    # 2 x parallelism task slots (local mode gives its MiniCluster that many). None: one group.
+    stateful_slot_sharing_group: str | None = "stateful"
     # Records in flight per model-plugin operator (their model calls batch together).
     model_concurrency: int = Field(default=64, ge=1)
     model_timeout_seconds: float = Field(default=60.0, gt=0)

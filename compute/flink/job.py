@@ -111,6 +111,9 @@ def flink_configuration(settings: Settings) -> Configuration:
         # interpreter's paths, not this environment's: hand it this process's import path.
         values["python.pythonpath"] = os.pathsep.join(p for p in sys.path if p)
     if compute.mode == "local":
+        if compute.stateful_slot_sharing_group:
+            # Windows and joins in a slot-sharing group of their own take a slot apart.
+            values["taskmanager.numberOfTaskSlots"] = str(2 * compute.parallelism)
         if compute.metrics_port:
             values["metrics.reporter.prom.factory.class"] = (
                 "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
@@ -451,6 +454,8 @@ def _group_by(raw: DataStream, bound: Bound, settings: Settings) -> list[DataStr
         .name(f"windows of {bound.ref}")
         .uid(_uid("window", bound.ref))
     )
+    if settings.compute.stateful_slot_sharing_group:
+        values = values.slot_sharing_group(settings.compute.stateful_slot_sharing_group)
     late = values.get_side_output(late_tag).map(
         ops.LateEvent(bound), output_type=ops.sink_row_type()
     )
@@ -470,6 +475,9 @@ def _join_branches(
         .name(f"joins on {topic}")
         .uid(_uid("join", topic))
     )
+    if settings.compute.stateful_slot_sharing_group:
+        # The match steps below take the group of their input.
+        joined = joined.slot_sharing_group(settings.compute.stateful_slot_sharing_group)
     rows = [joined]
     if any(b.plugin.shape is Shape.MATCH for b in joins):
         gathered = (
