@@ -265,6 +265,10 @@ class ComputeSettings(BaseModel):
     # host:port of the JobManager's REST endpoint (remote mode).
     jobmanager_address: str | None = None
     checkpoint_interval_seconds: float = 5.0
+    # Unaligned checkpoints (exactly-once state, in-flight records stored with the
+    # checkpoint): with aligned ones, the sink held map values back at each checkpoint until
+    # the barrier came through a lagging join or window (docs/compute.md, "Performance").
+    unaligned_checkpoints: bool = True
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     # Where checkpoints go (file://, s3://, ...); None: ./gss-data/flink-checkpoints locally.
     checkpoint_dir: str | None = None

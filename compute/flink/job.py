@@ -78,6 +78,10 @@ def flink_configuration(settings: Settings) -> Configuration:
         "python.state.cache-size": str(STATE_CACHE_ENTRIES),
         "pipeline.auto-watermark-interval": "100 ms",
     }
+    if compute.unaligned_checkpoints:
+        # Barriers overtake in-flight records: a branch that lags (a join or window catching
+        # up) no longer holds the others' outputs at the sink until its barrier arrives.
+        values["execution.checkpointing.unaligned.enabled"] = "true"
     checkpoint_dir = compute.checkpoint_dir
     if not checkpoint_dir and compute.mode == "local":
         # Join and window state outgrow the JobManager-memory storage's 5 MB limit quickly.

@@ -1,5 +1,6 @@
-"""Windows and joins run in a slot-sharing group of their own (compute.stateful_slot_sharing_group):
-a task slot and a Python worker apart from the steps chained to the sources."""
+"""The job's latency settings: windows and joins in a slot-sharing group of their own
+(compute.stateful_slot_sharing_group: a task slot and a Python worker apart from the steps
+chained to the sources), and unaligned checkpoints (compute.unaligned_checkpoints)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,16 @@ def test_one_group_when_none_is_named(tmp_path: Path, registry: Registry) -> Non
     groups = _groups(tmp_path, registry, None)
     assert groups.pop("slots") == ""
     assert set(groups.values()) == {"default"}
+
+
+def test_checkpoints_are_unaligned_unless_told_otherwise(tmp_path: Path) -> None:
+    key = "execution.checkpointing.unaligned.enabled"
+    for setting, expected in ((True, "true"), (False, "")):
+        settings = load_settings(
+            compute={
+                "checkpoint_dir": (tmp_path / "chk").as_uri(),
+                "metrics_port": 0,
+                "unaligned_checkpoints": setting,
+            }
+        )
+        assert flink_configuration(settings).get_string(key, "") == expected
