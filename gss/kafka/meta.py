@@ -22,6 +22,8 @@ OUTBOX_PREFIX = b"outbox\x00"
 # Availability events of backfilled values: a queue of their own, published rate-limited
 # (kafka.backfill_events_per_second) so live events never wait behind a backfill.
 BACKFILL_OUTBOX_PREFIX = b"outbox_backfill\x00"
+# Both queues, and nothing else: one iterator over it sees both at one point in time.
+OUTBOX_QUEUES_PREFIX = b"outbox"
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

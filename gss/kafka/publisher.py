@@ -36,6 +36,7 @@ from gss.kafka.election import PublisherElection
 from gss.kafka.meta import (
     BACKFILL_OUTBOX_PREFIX,
     OUTBOX_PREFIX,
+    OUTBOX_QUEUES_PREFIX,
     EntryKind,
     OutboxEntry,
     outbox_sequence,
@@ -173,9 +174,12 @@ class OutboxPublisher:
         if self.election is not None:
             generation, self._owned = self.election.owned()
             if generation != self._election_generation:
-                # Partitions were won or lost: look at the whole outbox again.
+                # Partitions were won or lost: look at the whole outbox again, and forget
+                # acknowledgements of partitions lost (won back, a stale one could move the
+                # group's offset back before the other owner's newer commit is read).
                 self._election_generation = generation
                 cursor, self._backfill_cursor = None, None
+                self._acked = {p: o for p, o in self._acked.items() if p in self._owned}
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + 1.0
                 self._prune()
@@ -343,27 +347,31 @@ class OutboxPublisher:
         acknowledged offset is not what can be committed: a replica taking over would start
         after it and never send the older entries still unsent. What is committed is the
         oldest offset of an entry still in the outbox, or, when none is, the highest
-        acknowledged. Both are read before the scan: the ingester applies a partition in
-        offset order, so an entry older than one the scan sees was already in the outbox
-        when its iterator was made.
+        acknowledged. The acknowledgements are read before the scan, and the scan is one
+        iterator over both queues (one view of the store): the ingester applies a partition
+        in offset order, so an entry older than one the scan sees was already in the outbox
+        when the iterator was made. (Two iterators, one a queue, would not do: a live entry
+        committed between them with a backfill entry after it would be skipped.)
+
+        A partition's backfill entries, waiting for their rate, hold its commit back: the
+        other replicas keep the partition's later live entries until they are sent.
         """
         assert self.election is not None
         acked = dict(self._acked)
         oldest: dict[tuple[str, int], int] = {}
         done: list[bytes] = []
-        for prefix in (OUTBOX_PREFIX, BACKFILL_OUTBOX_PREFIX):
-            for key, raw in self.outbox.store.scan_meta(prefix):
-                try:
-                    position = entry_position(OutboxEntry.decode(raw))
-                except ValueError:
-                    continue  # _send reports and removes it
-                if position is None:
-                    continue
-                topic, partition, offset = position
-                if offset < self.election.committed(topic, partition):
-                    done.append(key)
-                elif offset < oldest.get((topic, partition), offset + 1):
-                    oldest[(topic, partition)] = offset
+        for key, raw in self.outbox.store.scan_meta(OUTBOX_QUEUES_PREFIX):
+            try:
+                position = entry_position(OutboxEntry.decode(raw))
+            except ValueError:
+                continue  # _send reports and removes it
+            if position is None:
+                continue
+            topic, partition, offset = position
+            if offset < self.election.committed(topic, partition):
+                done.append(key)
+            elif offset < oldest.get((topic, partition), offset + 1):
+                oldest[(topic, partition)] = offset
         if done:
             self.outbox.removed(done)
             log.debug("outbox_pruned", outbox_entries=len(done))

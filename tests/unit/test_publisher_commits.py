@@ -3,7 +3,7 @@ event the broker has not acknowledged, whatever order the acknowledgements come 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from helpers import dhash_record
@@ -55,6 +55,22 @@ class _Producer:
         return len(done)
 
 
+def _writes(registry: Registry, offsets: range, *, backfill: bool = False) -> list[Any]:
+    writes = []
+    for n in offsets:
+        record = dhash_record(n, n, seconds=1)
+        record.envelope.backfill = backfill
+        writes.append(
+            to_write(
+                registry,
+                record,
+                write_time_us=1,
+                position=envelope_pb2.ChangelogPosition(topic=_TOPIC, partition=0, offset=n),
+            )
+        )
+    return writes
+
+
 def test_commits_stop_at_the_oldest_unacknowledged_event(
     store: SignalStore, registry: Registry
 ) -> None:
@@ -97,3 +113,42 @@ def test_commits_stop_at_the_oldest_unacknowledged_event(
     state = step(state, {2})
     assert outbox.depth == 0
     assert election.committed(_TOPIC, 0) == 6
+
+
+def test_entries_committed_while_the_outbox_is_scanned_are_not_skipped(
+    store: SignalStore, registry: Registry
+) -> None:
+    """Offsets 0-2 published; while the commit's scan runs, one batch adds live offset 3 and
+    backfilled offset 4 (the live and backfill queues). The commit stays at 3: the scan is one
+    view of both queues. (With a scan per queue, the second saw 4 but the first had not seen 3,
+    and the commit skipped 3.)"""
+    kafka = KafkaSettings(backfill_events_per_second=1.0)
+    outbox = Outbox(store, registry, kafka)
+    outbox.apply_with_events(_writes(registry, range(3)))
+    election = _Election()
+    publisher = publisher_module.OutboxPublisher(outbox, kafka, registry, election)  # type: ignore[arg-type]
+    producer = _Producer()
+    producer.ack = {0, 1, 2}
+    publisher._new_producer = lambda: producer  # type: ignore[method-assign]
+    state: tuple[Any, ...] = publisher._step(None, None, set(), 0.5)
+    state = publisher._step(*state)
+    assert outbox.depth == 0
+
+    scan = store.scan_meta
+    late = _writes(registry, range(3, 4)) + _writes(registry, range(4, 5), backfill=True)
+
+    def scan_meta(prefix: bytes, *args: Any, **kwargs: Any) -> Iterator[tuple[bytes, bytes]]:
+        entries = scan(prefix, *args, **kwargs)
+        first = next(entries, None)  # the scan has begun
+        if late:
+            outbox.apply_with_events(late)
+            late.clear()
+        if first is not None:
+            yield first
+        yield from entries
+
+    store.scan_meta = scan_meta  # type: ignore[method-assign]
+    publisher._next_prune = 0.0
+    publisher._step(*state)
+    assert outbox.depth == 2
+    assert election.committed(_TOPIC, 0) == 3
