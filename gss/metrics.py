@@ -162,16 +162,30 @@ class ServingProcessesCollector(Collector):
     once: readers set none (their files hold only zeros of gauges they imported)."""
 
     def __init__(self, directory: str | Path, registry: CollectorRegistry = REGISTRY) -> None:
-        self.readers = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        self.directory = Path(directory)
         self.registry = registry
 
+    def _readers(self) -> Iterable[Metric]:
+        # A reader starting at this moment has files not yet sized (prometheus_client creates,
+        # then grows them), which its reader cannot parse: skip those, they hold nothing yet.
+        files = [str(f) for f in self.directory.glob("*.db") if _size(f) > 0]
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
     def collect(self) -> Iterator[Metric]:
-        merged: Iterable[Metric] = self.readers.collect()  # type: ignore[no-untyped-call]
+        merged = self._readers()
         readers = {family.name: family for family in merged if family.type in _SUMMED_TYPES}
         for family in self.registry.collect():
             theirs = readers.pop(family.name, None)
             yield family if theirs is None else _summed(family, theirs)
         yield from readers.values()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a dead reader's live gauges, removed since the listing
+        return 0
 
 
 def _summed(writer: Metric, readers: Metric) -> Metric:
