@@ -321,7 +321,14 @@ def compute_jars(cli: CliContext, directory: Path | None) -> None:
 
 @compute.command("cluster")
 @click.option("--task-managers", type=int, default=2, show_default=True)
-@click.option("--slots", type=int, default=1, show_default=True, help="Slots per TaskManager.")
+@click.option(
+    "--slots",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Slots per TaskManager (a job with windows or joins needs 2 x parallelism: "
+    "compute.stateful_slot_sharing_group; 2 lets it restart on one TaskManager).",
+)
 @click.option(
     "--dir",
     "directory",

@@ -83,9 +83,13 @@ def _wait_node_map(address: str, nodes: int, timeout: float = 30.0) -> None:
     """Until the node at ``address`` itself describes ``nodes`` live, serving nodes (bounded)."""
     deadline = time.monotonic() + timeout
     with GssClient(address, timeout=5) as node:
+        cluster = None
         while time.monotonic() < deadline:
-            cluster = node.cluster_map()
-            if sum(n.live and n.serving for n in cluster.nodes) == nodes:
+            try:
+                cluster = node.cluster_map()
+            except grpc.RpcError:
+                cluster = None  # starting, or busy: ask again
+            if cluster is not None and sum(n.live and n.serving for n in cluster.nodes) == nodes:
                 return
             time.sleep(0.2)
     raise AssertionError(f"{address} never described {nodes} serving nodes: {cluster}")
