@@ -85,32 +85,6 @@ def own_session() -> None:
         launcher.Popen = popen
 
 
-def launch_with(jars: list[Path]) -> None:
-    """Start the gateway JVM, if it is not running, with ``jars`` on its own classpath.
-
-    PyFlink makes ``pipeline.jars`` visible only to the Java thread serving the call that sets
-    them (its context class loader), and py4j's gateway is not pinned to threads: a later call
-    naming a class of those jars may run on another connection's thread and not find it. On
-    the JVM's classpath every thread finds them. Only the gateway gets them (the variable is
-    restored): a Flink cluster started from this process keeps its own classpath.
-    """
-    if _is_launched():
-        return
-    from pyflink.java_gateway import get_gateway
-
-    current = os.environ.get("HADOOP_CLASSPATH")
-    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(
-        p for p in [current or "", *(str(j) for j in jars)] if p
-    )
-    try:
-        get_gateway()
-    finally:
-        if current is None:
-            os.environ.pop("HADOOP_CLASSPATH", None)
-        else:
-            os.environ["HADOOP_CLASSPATH"] = current
-
-
 def shutdown(timeout_seconds: float = 10.0) -> None:
     """Stop this process's Flink gateway JVM (and with it any local MiniCluster), if running."""
     from pyflink import java_gateway

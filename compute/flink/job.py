@@ -64,12 +64,6 @@ _WORKER_MODE = "_python_worker_execution_mode"
 def flink_configuration(settings: Settings) -> Configuration:
     """The Flink configuration of the job for ``settings.compute`` (docs/compute.md)."""
     compute = settings.compute
-    jars: list[Path] = []
-    if compute.mode in ("local", "remote"):
-        # The connector jars travel with the job (uploaded to a remote cluster with it); in
-        # application mode the image has them in /opt/flink/lib.
-        jars = [*ensure_jars(compute.jars_dir), ensure_connectors(compute.jars_dir)]
-        gateway.launch_with(jars)
     conf = Configuration()
     values: dict[str, str] = {
         "pipeline.name": compute.job_name,
@@ -105,6 +99,9 @@ def flink_configuration(settings: Settings) -> Configuration:
                 values["execution.state-recovery.path"] = resume
                 values["execution.state-recovery.ignore-unclaimed-state"] = "true"
     if compute.mode in ("local", "remote"):
+        # The connector jars travel with the job (uploaded to a remote cluster with it); in
+        # application mode the image has them in /opt/flink/lib.
+        jars = [*ensure_jars(compute.jars_dir), ensure_connectors(compute.jars_dir)]
         if compute.mode == "remote":
             # A session cluster has no Python runtime on its classpath (`flink run -py` adds
             # the same jar from opt/ on submit).
