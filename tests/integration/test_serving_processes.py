@@ -559,6 +559,19 @@ def test_metrics_count_the_calls_of_every_serving_process(direct_server: GssServ
     assert [k for k in after if k[0] == "gss_store_size_bytes"] == [("gss_store_size_bytes", ())]
 
 
+def _lookups_through(address: str, *, reader_calls: int, writer_calls: int) -> None:
+    """One-pin lookups on a connection to the reader and one to the writer."""
+    writer, reader = connections_to_every_process(address, 2)
+    try:
+        for i in range(reader_calls):
+            lookup_pins(reader, [str(i)])
+        for i in range(writer_calls):
+            lookup_pins(writer, [str(i)])
+    finally:
+        writer.channel.close()
+        reader.channel.close()
+
+
 def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -> None:
     """kill -9 a reader: while it is reaped and replaced the whole server's counters never go
     back, and the replacement's calls add to them."""
@@ -569,15 +582,7 @@ def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -
         return summed(scrape(direct_server), "grpc_server_handled_total", grpc_method="GetSignals")
 
     start = lookups()
-    writer, reader = connections_to_every_process(direct_server.address, 2)
-    try:
-        for i in range(10):
-            lookup_pins(reader, [str(i)])
-        for i in range(4):
-            lookup_pins(writer, [str(i)])
-    finally:
-        writer.channel.close()
-        reader.channel.close()
+    _lookups_through(direct_server.address, reader_calls=10, writer_calls=4)
     assert lookups() - start == 14
     (killed,) = pool.pids()
     os.kill(killed, signal.SIGKILL)
@@ -591,11 +596,5 @@ def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -
         time.sleep(0.05)
     assert replaced, "the killed reader was not replaced"
     assert seen == [14] * len(seen), f"counts went back while the reader was replaced: {seen}"
-    writer, reader = connections_to_every_process(direct_server.address, 2)
-    try:
-        for i in range(6):
-            lookup_pins(reader, [str(i)])
-    finally:
-        writer.channel.close()
-        reader.channel.close()
+    _lookups_through(direct_server.address, reader_calls=6, writer_calls=0)
     assert lookups() - start == 20
