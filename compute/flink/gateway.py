@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ from contract import processes
 log = structlog.get_logger(__name__)
 
 _patch_lock = threading.Lock()
+# Each gateway whose threads share one context class loader (share_class_loader): its loader.
+_shared_loaders: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# py4j (shaded in Flink) runs each connection in a GatewayConnection thread; GatewayServer's
+# thread accepts them, and a thread inherits its creator's context class loader.
+_PY4J_THREAD_RUNNABLES = (".py4j.GatewayConnection", ".py4j.GatewayServer")
 
 
 def _is_launched() -> bool:
@@ -83,6 +89,55 @@ def own_session() -> None:
 
         popen._gss_own_session = True  # type: ignore[attr-defined]
         launcher.Popen = popen
+
+
+def share_class_loader() -> None:
+    """Give every thread of the gateway's py4j server one context class loader, so that jars
+    PyFlink adds later (``pipeline.jars``, the Kafka connector) are seen by every call.
+
+    PyFlink's ``add_jars_to_context_class_loader`` changes the context class loader of the
+    Java thread serving that one call. py4j's gateway is not pinned to threads: as soon as two
+    Python threads use it at once (a caller's thread, or py4j's release of Java objects run by
+    the garbage collector in whatever thread collects), a second connection opens, served by
+    another Java thread, and a later call may land there and fail to find the connector's
+    classes. With one ``java.net.URLClassLoader`` as the context loader of every py4j thread,
+    and of the accepting thread that new connection threads inherit it from, PyFlink adds
+    its jars to that shared loader instead. Idempotent for a running gateway; starts it if
+    needed (call :func:`own_session` and :func:`prepare_local` first).
+    """
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import to_jarray
+
+    gw = get_gateway()
+    with _patch_lock:
+        if gw in _shared_loaders:
+            return
+        jvm = gw.jvm
+        parent = jvm.java.lang.ClassLoader.getSystemClassLoader()
+        loader = jvm.java.net.URLClassLoader(to_jarray(jvm.java.net.URL, []), parent)
+        # The accepting thread first, so connections opened from now on inherit the loader;
+        # then every connection thread there is by then.
+        shared = 0
+        for role in ("GatewayServer", "GatewayConnection"):
+            stacks = jvm.java.lang.Thread.getAllStackTraces()
+            for thread in stacks.keySet():
+                if _py4j_role(stacks.get(thread)) == role:
+                    thread.setContextClassLoader(loader)
+                    shared += 1
+        _shared_loaders[gw] = loader
+        log.info("flink_gateway_class_loader_shared", threads=shared)
+
+
+def _py4j_role(stack: Any) -> str:
+    """The py4j runnable (``GatewayServer`` or ``GatewayConnection``) a thread with this stack
+    trace runs (near the bottom of its stack), or an empty string for any other thread."""
+    depth = len(stack)
+    for i in range(depth - 1, max(depth - 4, -1), -1):
+        name = str(stack[i].getClassName())
+        for runnable in _PY4J_THREAD_RUNNABLES:
+            if name.endswith(runnable):
+                return runnable.rsplit(".", 1)[1]
+    return ""
 
 
 def shutdown(timeout_seconds: float = 10.0) -> None:

@@ -186,18 +186,18 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     In ``application`` mode the Flink client that runs this code (``flink run``, the
     operator's PythonDriver) provides the cluster; the job settings still apply.
     """
-    if settings.compute.mode == "local":
+    if settings.compute.mode in ("local", "remote"):
         # Before anything starts the gateway JVM: its own session (its owner stops it, not
-        # the terminal's Ctrl-C) and the metrics reporter on its classpath.
+        # the terminal's Ctrl-C) and, for a MiniCluster, the metrics reporter on its classpath.
         gateway.own_session()
-        if settings.compute.metrics_port:
+        if settings.compute.mode == "local" and settings.compute.metrics_port:
             gateway.prepare_local()
+        gateway.share_class_loader()  # before pipeline.jars are added to it
     conf = flink_configuration(settings)
     if settings.compute.mode == "remote":
         # get_execution_environment ignores execution.target outside the `flink` CLI and makes
         # a local MiniCluster; Java's constructor picks the executor the target names (remote:
         # the REST endpoint in rest.address/rest.port, with pipeline.jars uploaded).
-        gateway.own_session()
         j_env = (
             get_gateway().jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment(
                 conf._j_configuration
