@@ -591,49 +591,23 @@ def start_server(
             f"cannot serve on {server_settings.host}:{server_settings.port}: {exc}"
         ) from exc
 
-    metrics_server = None
-    metrics_port = None
-    if server_settings.metrics_port >= 0:
-        # One endpoint for the whole server: with readers, their counts are added to this
-        # process's (gss.metrics.ServingProcessesCollector).
-        metrics_server, _thread = start_http_server(
-            server_settings.metrics_port,
-            addr=server_settings.host,
-            registry=(
-                REGISTRY
-                if readers is None
-                else metrics.serving_processes_registry(readers.metrics_dir)
-            ),
-        )
-        metrics_port = metrics_server.server_port
     metrics.STORE_SIZE.set_function(store.size_bytes)
     for galaxy in registry.galaxies:
         metrics.STORE_KEYS.labels(galaxy).set_function(
             functools.partial(store.estimated_keys, galaxy)
         )
-
-    log.info(
-        "server_started",
-        address=f"{server_settings.host}:{built.port}",
-        metrics_port=metrics_port,
-        galaxies=list(registry.galaxies),
-        tls=server_settings.tls.enabled,
-        mutual_tls=server_settings.tls.files()[2] is not None,
-        health_port=built.health_port,
-        access_policy=str(server_settings.auth.policy_file or "") or None,
-    )
     server = GssServer(
         settings,
         registry,
         store,
         service,
         built.port,
-        metrics_port,
+        None,
         loop,
         built.grpc_server,
         built.health,
         thread,
-        metrics_server,
+        None,
         events=events,
         registry_path=registry_path,
         _registry_state=registry_state,
@@ -670,6 +644,36 @@ def start_server(
         )
     if events is not None:
         server.on_stop.append(events.stop)
+    if server_settings.metrics_port >= 0:
+        try:
+            # One endpoint for the whole server: with readers, their counts are added to this
+            # process's (gss.metrics.ServingProcessesCollector).
+            server._metrics_server, _thread = start_http_server(
+                server_settings.metrics_port,
+                addr=server_settings.host,
+                registry=(
+                    REGISTRY
+                    if readers is None
+                    else metrics.serving_processes_registry(readers.metrics_dir)
+                ),
+            )
+        except OSError as exc:
+            server.stop(0)  # the gRPC server, readers and changelog side are running already
+            raise OSError(
+                f"cannot serve metrics on {server_settings.host}:{server_settings.metrics_port}: "
+                f"{exc}"
+            ) from exc
+        server.metrics_port = server._metrics_server.server_port
+    log.info(
+        "server_started",
+        address=f"{server_settings.host}:{built.port}",
+        metrics_port=server.metrics_port,
+        galaxies=list(registry.galaxies),
+        tls=server_settings.tls.enabled,
+        mutual_tls=server_settings.tls.files()[2] is not None,
+        health_port=built.health_port,
+        access_policy=str(server_settings.auth.policy_file or "") or None,
+    )
     if registry_poll_seconds is not None:
         server.follow_registry(registry_poll_seconds)
     return server

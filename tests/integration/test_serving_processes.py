@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -598,3 +599,31 @@ def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -
     assert seen == [14] * len(seen), f"counts went back while the reader was replaced: {seen}"
     _lookups_through(direct_server.address, reader_calls=6, writer_calls=0)
     assert lookups() - start == 20
+
+
+def test_a_taken_metrics_port_stops_everything_it_started(tmp_path: Path) -> None:
+    """The metrics port is taken: start_server says so, and stops the readers it had started
+    (no process left), the gRPC server and the store (it opens again)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        settings = server_settings(tmp_path)
+        settings = settings.model_copy(
+            update={
+                "server": settings.server.model_copy(
+                    update={"processes": 2, "metrics_port": taken.getsockname()[1]}
+                )
+            }
+        )
+        before = set(_descendants(os.getpid()))
+        with pytest.raises(OSError, match=re.escape("cannot serve metrics on 127.0.0.1:")):
+            start_server(settings)
+        deadline = time.monotonic() + 10
+        while set(_descendants(os.getpid())) - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(_descendants(os.getpid())) - before
+    finally:
+        taken.close()
+    running = start_server(server_settings(tmp_path))  # the store was closed
+    running.stop(grace=0)
