@@ -15,10 +15,13 @@ launched it dies first.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -34,6 +37,10 @@ log = structlog.get_logger(__name__)
 _patch_lock = threading.Lock()
 # Each gateway whose threads share one context class loader (share_class_loader): its loader.
 _shared_loaders: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# This process's directory for its gateway JVM's Flink temporary files (temp_dir).
+_temp: dict[str, Path] = {}
+_TEMP_PREFIX = "gss-flink-"
+_OWNER_FILE = "owner.pid"
 # py4j (shaded in Flink) runs each connection in a GatewayConnection thread; GatewayServer's
 # thread accepts them, and a thread inherits its creator's context class loader.
 _PY4J_THREAD_RUNNABLES = (".py4j.GatewayConnection", ".py4j.GatewayServer")
@@ -140,6 +147,48 @@ def _py4j_role(stack: Any) -> str:
     return ""
 
 
+def temp_dir() -> Path:
+    """This process's directory for the Flink temporary files of its gateway JVM
+    (``io.tmp.dirs`` of a local job: the MiniCluster's working directories and blobs, the
+    RPC system's jar Flink extracts on each start, Python archives). Flink deletes them only
+    when it closes cleanly; GSS removes the directory in :func:`shutdown` and at interpreter
+    exit, and removes those of processes that died without doing so (killed) the next time
+    one is made."""
+    with _patch_lock:
+        if "dir" not in _temp:
+            _sweep_orphans(Path(tempfile.gettempdir()))
+            path = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX))
+            (path / _OWNER_FILE).write_text(str(os.getpid()))
+            if not _temp:
+                atexit.register(_remove_temp_at_exit)
+            _temp["dir"] = path
+        return _temp["dir"]
+
+
+def _sweep_orphans(root: Path) -> None:
+    for path in root.glob(f"{_TEMP_PREFIX}*"):
+        try:
+            owner = int((path / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being made now
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("flink_temp_dir_removed", path=str(path), owner_pid=owner)
+
+
+def _remove_temp() -> None:
+    path = _temp.pop("dir", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_temp_at_exit() -> None:
+    # Runs before contract.processes kills what is left (atexit is last in, first out).
+    with contextlib.suppress(Exception):
+        shutdown(timeout_seconds=5.0)
+    _remove_temp()
+
+
 def shutdown(timeout_seconds: float = 10.0) -> None:
     """Stop this process's Flink gateway JVM (and with it any local MiniCluster), if running."""
     from pyflink import java_gateway
@@ -147,6 +196,7 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
     with java_gateway._lock:
         gateway = java_gateway._gateway
         if gateway is None:
+            _remove_temp()
             return
         pid = int(gateway.jvm.java.lang.ProcessHandle.current().pid())
         java_gateway._gateway = None
@@ -170,6 +220,7 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
         if processes.kill_group(pid):
             log.info("flink_workers_killed", pgid=pid)
         processes.untrack(pid)
+    _remove_temp()
     log.info("flink_gateway_stopped", pid=pid)
 
 

@@ -115,6 +115,9 @@ def flink_configuration(settings: Settings) -> Configuration:
         # interpreter's paths, not this environment's: hand it this process's import path.
         values["python.pythonpath"] = os.pathsep.join(p for p in sys.path if p)
     if compute.mode == "local":
+        # Flink removes its temporary files only when it closes cleanly; these go where GSS
+        # removes them however the JVM ends (compute/flink/gateway.py temp_dir).
+        values["io.tmp.dirs"] = str(gateway.temp_dir())
         if compute.stateful_slot_sharing_group:
             # Windows and joins in a slot-sharing group of their own take a slot apart.
             values["taskmanager.numberOfTaskSlots"] = str(2 * compute.parallelism)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,11 @@ class LocalFlinkCluster:
         self._task_managers: list[subprocess.Popen[bytes] | None] = [None] * task_managers
 
     @property
+    def temp_dir(self) -> Path:
+        """The processes' temporary files (``io.tmp.dirs``): emptied on start and on stop."""
+        return self.work_dir / "tmp"
+
+    @property
     def rest_address(self) -> str:
         """host:port of the JobManager's REST endpoint (``compute.jobmanager_address``)."""
         return f"127.0.0.1:{self.rest_port}"
@@ -108,6 +114,9 @@ class LocalFlinkCluster:
             # A TaskManager killed with -9 is noticed within seconds, not the default 50.
             "heartbeat.interval": 1000,
             "heartbeat.timeout": 5000,
+            # Working directories, blobs (each job's jars), the RPC system's jar: under the
+            # cluster's directory, removed when it stops (Flink leaves them when killed).
+            "io.tmp.dirs": str(self.temp_dir),
             **self.extra_config,
         }
         for key in ("jobmanager", "taskmanager", "rest", "parallelism"):
@@ -152,6 +161,8 @@ class LocalFlinkCluster:
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> LocalFlinkCluster:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # left by processes killed earlier
+        self.temp_dir.mkdir(parents=True)
         self._conf_dir()
         self._environment(self.work_dir / "conf")
         self._job_manager = self._launch("jobmanager")
@@ -262,6 +273,7 @@ class LocalFlinkCluster:
             processes.untrack(process.pid)
         self._task_managers = [None] * len(self._task_managers)
         self._job_manager = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
         log.info("flink_cluster_stopped", rest_address=self.rest_address)
 
     def __enter__(self) -> LocalFlinkCluster:

@@ -1,12 +1,20 @@
-"""Jars PyFlink adds to the gateway (pipeline.jars, the Kafka connector) are seen by every
-py4j connection, not only by the Java thread that served the call adding them: py4j's
-gateway is not pinned to threads, and a job built while other Python threads use the
-gateway once failed to find org.apache.kafka.common.TopicPartition."""
+"""The gateway JVM of a local job (compute/flink/gateway.py).
+
+Jars PyFlink adds to it (pipeline.jars, the Kafka connector) are seen by every py4j
+connection, not only by the Java thread that served the call adding them: py4j's gateway is
+not pinned to threads, and a job built while other Python threads used the gateway once
+failed to find org.apache.kafka.common.TopicPartition. Flink's temporary files go to a
+directory that goes with the JVM, and with a killed owner the next time."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +24,7 @@ from pyflink.util.java_utils import add_jars_to_context_class_loader
 from compute.flink import gateway
 from compute.flink.connectors import ensure_connectors
 from compute.flink.jars import ensure_jars
+from compute.flink.job import flink_configuration
 from contract.settings import load_settings
 
 KAFKA_CLASS = "org.apache.kafka.common.TopicPartition"
@@ -82,3 +91,30 @@ def test_each_new_gateway_shares_a_loader_of_its_own() -> None:
     assert len(loaders) >= 3
     assert all(_loads(loader, GSS_CLASS) for loader in loaders)
     assert not any(_loads(loader, KAFKA_CLASS) for loader in loaders)  # not added this time
+
+
+def _owned_dir(name: str, owner: int) -> Path:
+    path = Path(tempfile.gettempdir()) / f"gss-flink-{name}"
+    path.mkdir()
+    (path / "owner.pid").write_text(str(owner))
+    (path / "flink-rpc-akka-left.jar").write_bytes(b"left by a killed JVM")
+    return path
+
+
+def test_flink_temp_files_go_with_the_gateway_and_with_a_killed_owner_later() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = _owned_dir(f"test-dead-{dead.pid}", dead.pid)
+    alive = _owned_dir(f"test-alive-{os.getpid()}", os.getppid())
+    try:
+        settings = load_settings(compute={"mode": "local"})
+        path = Path(flink_configuration(settings).get_string("io.tmp.dirs", ""))
+        assert path == gateway.temp_dir()
+        assert path.is_dir()
+        assert not orphan.exists()  # its owner is gone: removed
+        assert alive.exists()  # its owner runs: kept
+        gateway.shutdown()
+        assert not path.exists()
+        assert gateway.temp_dir() != path  # a new gateway, a new directory
+    finally:
+        subprocess.run(["rm", "-rf", str(orphan), str(alive)], check=True)
