@@ -333,7 +333,7 @@ def test_switch_over_under_concurrent_live_writes_equals_an_oracle(
                 history_rate_per_second=60.0,  # the history leg takes ~3 s per topic
                 parallelism=parallelism,
             )
-            with ComputeJob(job_settings, plugins, registry=registry, create_topics=False):
+            with ComputeJob(job_settings, plugins, registry=registry, create_topics=False) as job:
                 # Live writes while the job reads history, switches, and the archiver archives.
                 produce(archived, events_per_topic - archived, pause=0.04)
                 deadline = time.monotonic() + 60
@@ -371,6 +371,7 @@ def test_switch_over_under_concurrent_live_writes_equals_an_oracle(
                     time.sleep(1.0)
                 time.sleep(2.0)  # anything repeated would show up now
                 records = output()
+                job_state = f"job {job.status()}, failure: {job.failure()}"
         finally:
             archiver.stop()
             thread.join(20)
@@ -387,7 +388,8 @@ def test_switch_over_under_concurrent_live_writes_equals_an_oracle(
 
     assert sum(k[0] == "save_count_1h" for k in expected) >= 6  # pins x windows
     served = {k: v for k, v in _latest(records).items() if k in expected}
-    assert served == expected
+    missing = sorted({k[0] for k in expected.keys() - served.keys()})
+    assert served == expected, f"{len(expected) - len(served)} missing ({missing}); {job_state}"
     # Exactly once: one dhash record per image, none repeated across the switch.
     hashes = [r.entity_id for r in records if r.signal.name == "dhash"]
     assert len(hashes) == len(set(hashes)) == events_per_topic
