@@ -618,9 +618,37 @@ def start_server(
         readers=readers,
         internal_server=internal,
     )
+    server.on_stop.append(cluster.stop)
+    if events is not None:
+        server.on_stop.append(events.stop)
+    if server_settings.metrics_port >= 0:
+        # Before the node announces itself or starts its threads: a taken port stops
+        # everything started so far (the gRPC server, readers, changelog side, store).
+        try:
+            # One endpoint for the whole server: with readers, their counts are added to this
+            # process's (gss.metrics.ServingProcessesCollector).
+            server._metrics_server, _thread = start_http_server(
+                server_settings.metrics_port,
+                addr=server_settings.host,
+                registry=(
+                    REGISTRY
+                    if readers is None
+                    else metrics.serving_processes_registry(readers.metrics_dir)
+                ),
+            )
+        except OSError as exc:
+            error = OSError(
+                f"cannot serve metrics on {server_settings.host}:{server_settings.metrics_port}: "
+                f"{exc}"
+            )
+            try:
+                server.stop(0)
+            except Exception as stop_error:  # the port's error is the one to report
+                log.warning("server_start_cleanup_failed", error=str(stop_error))
+            raise error from exc
+        server.metrics_port = server._metrics_server.server_port
     cluster.set_serving(events is None)
     cluster.bound(server.address)
-    server.on_stop.append(cluster.stop)
     backup_interval = settings.cluster.backup_interval_seconds
     if backup_interval is not None and settings.cluster.backup_root:
         threading.Thread(
@@ -642,28 +670,6 @@ def start_server(
             action="tokens and data cross the network in clear unless a proxy or mesh "
             "terminates TLS in front of this port: set server.tls (docs/security.md)",
         )
-    if events is not None:
-        server.on_stop.append(events.stop)
-    if server_settings.metrics_port >= 0:
-        try:
-            # One endpoint for the whole server: with readers, their counts are added to this
-            # process's (gss.metrics.ServingProcessesCollector).
-            server._metrics_server, _thread = start_http_server(
-                server_settings.metrics_port,
-                addr=server_settings.host,
-                registry=(
-                    REGISTRY
-                    if readers is None
-                    else metrics.serving_processes_registry(readers.metrics_dir)
-                ),
-            )
-        except OSError as exc:
-            server.stop(0)  # the gRPC server, readers and changelog side are running already
-            raise OSError(
-                f"cannot serve metrics on {server_settings.host}:{server_settings.metrics_port}: "
-                f"{exc}"
-            ) from exc
-        server.metrics_port = server._metrics_server.server_port
     log.info(
         "server_started",
         address=f"{server_settings.host}:{built.port}",

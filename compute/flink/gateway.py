@@ -39,6 +39,7 @@ _patch_lock = threading.Lock()
 _shared_loaders: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 # This process's directory for its gateway JVM's Flink temporary files (temp_dir).
 _temp: dict[str, Path] = {}
+_exit_hook: list[bool] = []  # registered once
 _TEMP_PREFIX = "gss-flink-"
 _OWNER_FILE = "owner.pid"
 # py4j (shaded in Flink) runs each connection in a GatewayConnection thread; GatewayServer's
@@ -151,16 +152,22 @@ def temp_dir() -> Path:
     """This process's directory for the Flink temporary files of its gateway JVM
     (``io.tmp.dirs`` of a local job: the MiniCluster's working directories and blobs, the
     RPC system's jar Flink extracts on each start, Python archives). Flink deletes them only
-    when it closes cleanly; GSS removes the directory in :func:`shutdown` and at interpreter
-    exit, and removes those of processes that died without doing so (killed) the next time
-    one is made."""
+    when it closes cleanly; GSS removes the directory when it stops the JVM (:func:`shutdown`,
+    interpreter exit), and the next process to make one removes those whose owner died
+    without doing so (killed)."""
+    with _patch_lock:
+        if "dir" in _temp:
+            return _temp["dir"]
+    _sweep_orphans(Path(tempfile.gettempdir()))
     with _patch_lock:
         if "dir" not in _temp:
-            _sweep_orphans(Path(tempfile.gettempdir()))
             path = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX))
-            (path / _OWNER_FILE).write_text(str(os.getpid()))
-            if not _temp:
+            # Written whole, then renamed: a sweep never reads half an owner.
+            (path / f".{_OWNER_FILE}").write_text(str(os.getpid()))
+            os.replace(path / f".{_OWNER_FILE}", path / _OWNER_FILE)
+            if not _exit_hook:
                 atexit.register(_remove_temp_at_exit)
+                _exit_hook.append(True)
             _temp["dir"] = path
         return _temp["dir"]
 
@@ -171,22 +178,33 @@ def _sweep_orphans(root: Path) -> None:
             owner = int((path / _OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue  # not ours, or being made now
-        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+        if owner != os.getpid() and not _running(owner):
             shutil.rmtree(path, ignore_errors=True)
             log.info("flink_temp_dir_removed", path=str(path), owner_pid=owner)
 
 
-def _remove_temp() -> None:
-    path = _temp.pop("dir", None)
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def _remove(path: Path | None) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_temp_at_exit() -> None:
-    # Runs before contract.processes kills what is left (atexit is last in, first out).
-    with contextlib.suppress(Exception):
-        shutdown(timeout_seconds=5.0)
-    _remove_temp()
+    # Runs before contract.processes kills what is left (atexit is last in, first out): kill
+    # first, so that no JVM writes there meanwhile, and without calling into a JVM that may
+    # not answer.
+    if "dir" in _temp:
+        processes.kill_tracked()
+        _remove(_temp.pop("dir", None))
 
 
 def shutdown(timeout_seconds: float = 10.0) -> None:
@@ -195,8 +213,10 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
 
     with java_gateway._lock:
         gateway = java_gateway._gateway
+        with _patch_lock:  # the stopping JVM's: a JVM started from now on gets a new one
+            temp = _temp.pop("dir", None)
         if gateway is None:
-            _remove_temp()
+            _remove(temp)
             return
         pid = int(gateway.jvm.java.lang.ProcessHandle.current().pid())
         java_gateway._gateway = None
@@ -220,7 +240,7 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
         if processes.kill_group(pid):
             log.info("flink_workers_killed", pgid=pid)
         processes.untrack(pid)
-    _remove_temp()
+    _remove(temp)
     log.info("flink_gateway_stopped", pid=pid)
 
 

@@ -64,6 +64,8 @@ _WORKER_MODE = "_python_worker_execution_mode"
 def flink_configuration(settings: Settings) -> Configuration:
     """The Flink configuration of the job for ``settings.compute`` (docs/compute.md)."""
     compute = settings.compute
+    if compute.mode in ("local", "remote"):
+        gateway.share_class_loader()  # before the jars below reach the gateway's loader
     conf = Configuration()
     values: dict[str, str] = {
         "pipeline.name": compute.job_name,
@@ -195,7 +197,6 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
         gateway.own_session()
         if settings.compute.mode == "local" and settings.compute.metrics_port:
             gateway.prepare_local()
-        gateway.share_class_loader()  # before pipeline.jars are added to it
     conf = flink_configuration(settings)
     if settings.compute.mode == "remote":
         # get_execution_environment ignores execution.target outside the `flink` CLI and makes

@@ -335,7 +335,8 @@ def compute_jars(cli: CliContext, directory: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("gss-data") / "flink-cluster",
     show_default=True,
-    help="Configuration and logs.",
+    help="Configuration, logs, and the processes' temporary files (flink-tmp/, emptied "
+    "on start and stop).",
 )
 def compute_cluster(task_managers: int, slots: int, directory: Path) -> None:
     """A local Flink standalone session cluster (a JobManager and TaskManagers as processes of

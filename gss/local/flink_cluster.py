@@ -76,7 +76,7 @@ class LocalFlinkCluster:
     @property
     def temp_dir(self) -> Path:
         """The processes' temporary files (``io.tmp.dirs``): emptied on start and on stop."""
-        return self.work_dir / "tmp"
+        return self.work_dir / "flink-tmp"
 
     @property
     def rest_address(self) -> str:
@@ -162,7 +162,7 @@ class LocalFlinkCluster:
 
     def start(self) -> LocalFlinkCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)  # left by processes killed earlier
-        self.temp_dir.mkdir(parents=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self._conf_dir()
         self._environment(self.work_dir / "conf")
         self._job_manager = self._launch("jobmanager")

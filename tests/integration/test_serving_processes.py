@@ -603,16 +603,24 @@ def test_a_killed_readers_counts_stay_in_the_metrics(direct_server: GssServer) -
 
 def test_a_taken_metrics_port_stops_everything_it_started(tmp_path: Path) -> None:
     """The metrics port is taken: start_server says so, and stops the readers it had started
-    (no process left), the gRPC server and the store (it opens again)."""
+    (no process left), the gRPC server (its port is free again) and the store (it opens
+    again)."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
     try:
         settings = server_settings(tmp_path)
         settings = settings.model_copy(
             update={
                 "server": settings.server.model_copy(
-                    update={"processes": 2, "metrics_port": taken.getsockname()[1]}
+                    update={
+                        "processes": 2,
+                        "port": grpc_port,
+                        "metrics_port": taken.getsockname()[1],
+                    }
                 )
             }
         )
@@ -623,6 +631,10 @@ def test_a_taken_metrics_port_stops_everything_it_started(tmp_path: Path) -> Non
         while set(_descendants(os.getpid())) - before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not set(_descendants(os.getpid())) - before
+        with socket.socket() as again:
+            # SO_REUSEADDR passes TIME_WAIT; without SO_REUSEPORT, a listener there refuses.
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", grpc_port))
     finally:
         taken.close()
     running = start_server(server_settings(tmp_path))  # the store was closed

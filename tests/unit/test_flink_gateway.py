@@ -118,3 +118,22 @@ def test_flink_temp_files_go_with_the_gateway_and_with_a_killed_owner_later() ->
         assert gateway.temp_dir() != path  # a new gateway, a new directory
     finally:
         subprocess.run(["rm", "-rf", str(orphan), str(alive)], check=True)
+
+
+def test_a_process_that_exits_without_shutdown_removes_its_flink_temp_files() -> None:
+    """Exit kills the JVM (contract.processes) and removes its directory, without calling
+    into the JVM."""
+    script = (
+        "from compute.flink import gateway\n"
+        "from compute.flink.job import flink_configuration\n"
+        "from contract.settings import load_settings\n"
+        "gateway.own_session()\n"
+        "conf = flink_configuration(load_settings(compute={'mode': 'local'}))\n"
+        "print(conf.get_string('io.tmp.dirs', ''), flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.name.startswith("gss-flink-")
+    assert not path.exists()
