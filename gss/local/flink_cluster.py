@@ -122,6 +122,10 @@ class LocalFlinkCluster:
         for key in ("jobmanager", "taskmanager", "rest", "parallelism"):
             config.pop(key, None)
         config.update(flat)
+        # What Flink and PyFlink put in the JVM's own temp directory (the web server's files,
+        # Python environments) goes with the rest.
+        opts = config.setdefault("env", {}).setdefault("java", {}).setdefault("opts", {})
+        opts["all"] = f"{opts.get('all', '')} -Djava.io.tmpdir={self.temp_dir}".strip()
         (conf / "config.yaml").write_text(yaml.safe_dump(config))
         return conf
 
