@@ -71,11 +71,12 @@ class GssServer:
     store: SignalStore
     service: SignalService
     port: int
-    metrics_port: int | None
     loop: asyncio.AbstractEventLoop
     grpc_server: grpc.aio.Server
     health: health.aio.HealthServicer
     _thread: threading.Thread
+    # Set once the metrics endpoint listens (start_server starts it after the rest).
+    metrics_port: int | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -602,12 +603,10 @@ def start_server(
         store,
         service,
         built.port,
-        None,
         loop,
         built.grpc_server,
         built.health,
         thread,
-        None,
         events=events,
         registry_path=registry_path,
         _registry_state=registry_state,

@@ -39,7 +39,6 @@ _patch_lock = threading.Lock()
 _shared_loaders: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 # This process's directory for its gateway JVM's Flink temporary files (temp_dir).
 _temp: dict[str, Path] = {}
-_exit_hook: list[bool] = []  # registered once
 _TEMP_PREFIX = "gss-flink-"
 _OWNER_FILE = "owner.pid"
 # py4j (shaded in Flink) runs each connection in a GatewayConnection thread; GatewayServer's
@@ -165,9 +164,6 @@ def temp_dir() -> Path:
             # Written whole, then renamed: a sweep never reads half an owner.
             (path / f".{_OWNER_FILE}").write_text(str(os.getpid()))
             os.replace(path / f".{_OWNER_FILE}", path / _OWNER_FILE)
-            if not _exit_hook:
-                atexit.register(_remove_temp_at_exit)
-                _exit_hook.append(True)
             _temp["dir"] = path
         return _temp["dir"]
 
@@ -178,19 +174,9 @@ def _sweep_orphans(root: Path) -> None:
             owner = int((path / _OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue  # not ours, or being made now
-        if owner != os.getpid() and not _running(owner):
+        if owner != os.getpid() and not _alive(owner):
             shutil.rmtree(path, ignore_errors=True)
             log.info("flink_temp_dir_removed", path=str(path), owner_pid=owner)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
 
 
 def _remove(path: Path | None) -> None:
@@ -205,6 +191,10 @@ def _remove_temp_at_exit() -> None:
     if "dir" in _temp:
         processes.kill_tracked()
         _remove(_temp.pop("dir", None))
+
+
+# Registered after contract.processes' own (imported above), so it runs first.
+atexit.register(_remove_temp_at_exit)
 
 
 def shutdown(timeout_seconds: float = 10.0) -> None:
@@ -245,12 +235,15 @@ def shutdown(timeout_seconds: float = 10.0) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a child of this process's, once reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # another user's
     try:  # a zombie child counts as gone once reaped
         finished, _ = os.waitpid(pid, os.WNOHANG)
         return finished == 0
     except ChildProcessError:
-        return Path(f"/proc/{pid}").exists()
+        return True  # not a child of ours, and signal 0 found it

@@ -8,12 +8,13 @@ group, ``<cluster.publisher_group>-<p % nodes>``, subscribed to the galaxies' ch
 member the group assigns a partition publishes it. The members never read through these
 consumers (every assigned partition is paused at once): the ingester reads the changelog.
 
-The publisher commits to its group, per partition, the changelog offset before which the broker
-acknowledged every event (gss.kafka.publisher: the oldest offset still in its outbox). The other
-replicas read those commits and delete outbox entries below them; a replica that takes a partition over (its publisher died, so the group
-moved the partition after the session timeout) starts after the committed offset and sends
-again what lies beyond it — events the old publisher sent but had not committed are sent
-twice, with the same event ids (consumers dedupe on them: docs/events.md).
+The publisher commits to its group, per partition, the changelog offset before which the
+broker acknowledged every event (gss.kafka.publisher: the oldest offset still in its outbox).
+The other replicas read those commits and delete outbox entries below them; a replica that
+takes a partition over (its publisher died, so the group moved the partition after the
+session timeout) starts after the committed offset and sends again what lies beyond it —
+events the old publisher sent but had not committed are sent twice, with the same event ids
+(consumers dedupe on them: docs/events.md).
 """
 
 from __future__ import annotations

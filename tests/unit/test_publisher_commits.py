@@ -56,6 +56,7 @@ class _Producer:
 
 
 def _writes(registry: Registry, offsets: range, *, backfill: bool = False) -> list[Any]:
+    """dhash writes of entities ``offsets``, each at that offset of partition 0."""
     writes = []
     for n in offsets:
         record = dhash_record(n, n, seconds=1)
@@ -79,17 +80,7 @@ def test_commits_stop_at_the_oldest_unacknowledged_event(
     highest acknowledged offset: a replica taking over would never have sent 2 and 3.)"""
     kafka = KafkaSettings()
     outbox = Outbox(store, registry, kafka)
-    outbox.apply_with_events(
-        [
-            to_write(
-                registry,
-                dhash_record(n, n, seconds=1),
-                write_time_us=1,
-                position=envelope_pb2.ChangelogPosition(topic=_TOPIC, partition=0, offset=n),
-            )
-            for n in range(6)
-        ]
-    )
+    outbox.apply_with_events(_writes(registry, range(6)))
     election = _Election()
     publisher = publisher_module.OutboxPublisher(outbox, kafka, registry, election)  # type: ignore[arg-type]
     producer = _Producer()
