@@ -45,11 +45,11 @@ proto-check: env
 bench: env
 	$(PY) -m bench.run
 
-## chaos: the whole local stack under load with >= 50 faults of every kind (kill -9 of GSS, a
+## chaos: the whole local stack under load with >= 50 kills and faults of every kind (kill -9 of GSS, a
 ## Flink Python worker, the whole job, a TaskManager of the standalone cluster, Triton; broker
 ## outages (a proxy cuts it off); a stalled subscriber), then the oracles; summary into bench/report.json
 ## (reliability). Options: CHAOS_ARGS="--faults 70 --seed 3 --duration 900 --kinds ...".
-CHAOS_ARGS ?= --faults 52 --seed 1 --duration 600
+CHAOS_ARGS ?= --faults 75 --seed 1 --duration 900
 chaos: env
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
